@@ -1,0 +1,277 @@
+"""Typed settings, read once from the environment (or any mapping) and validated together.
+
+Nothing here reads `os.environ` at import time: the launcher builds `Settings.from_env(os.environ)`
+after loading `.env`, and tests pass a plain dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from bot.catalog import CATALOG, DEFAULT_MODEL_ID, ModelSpec
+from bot.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/animate.db"
+
+
+class Secret:
+    """A string that never shows itself in `repr`, `str`, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    discord_token: Secret = field(repr=False)
+    aimlapi_key: Secret = field(repr=False)
+    aimlapi_base_url: str = "https://api.aimlapi.com"
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    discord_api_base_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    dev_guild_id: int | None = None
+    default_model: str = DEFAULT_MODEL_ID
+    # 720p by default: Sora 2 Pro at 1080p costs 5/3 as much per second.
+    default_resolution: str = "720p"
+    default_duration: int = 4
+    # How often the background loop looks for due work (seconds); the per-job schedule decides
+    # when a job is actually polled.
+    poll_tick_seconds: float = 2.0
+    poll_min_interval_seconds: float = 5.0
+    poll_max_interval_seconds: float = 30.0
+    job_timeout_seconds: float = 1200.0
+    max_concurrent_polls: int = 8
+    lease_seconds: float = 300.0
+    max_active_jobs_per_user: int = 3
+    max_image_bytes: int = 20 * 1024 * 1024
+    max_image_pixels: int = 50_000_000
+    min_image_side: int = 256
+    max_video_bytes: int = 200 * 1024 * 1024
+    http_timeout_seconds: float = 60.0
+    log_level: str = "INFO"
+
+    @property
+    def default_model_spec(self) -> ModelSpec:
+        return CATALOG[self.default_model]
+
+    @property
+    def safe_database_url(self) -> str:
+        """The database URL with any password masked, for logs."""
+        return mask_url_password(self.database_url)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from a mapping; raise one ConfigError listing every problem."""
+        reader = _Reader(env)
+        token = reader.required("DISCORD_TOKEN")
+        key = reader.required("AIMLAPI_KEY")
+        values: dict[str, Any] = {
+            "aimlapi_base_url": reader.url(
+                "AIMLAPI_BASE_URL", cls.aimlapi_base_url, ("http", "https")
+            ),
+            "database_url": reader.database_url("DATABASE_URL"),
+            "discord_api_base_url": reader.url(
+                "DISCORD_API_BASE_URL", cls.discord_api_base_url, ("http", "https")
+            ),
+            "discord_gateway_url": reader.url(
+                "DISCORD_GATEWAY_URL", cls.discord_gateway_url, ("ws", "wss")
+            ),
+            "dev_guild_id": reader.optional("DEV_GUILD_ID", _snowflake),
+            "default_model": reader.get("DEFAULT_MODEL", cls.default_model, _model_id),
+            "default_resolution": reader.get(
+                "DEFAULT_RESOLUTION", cls.default_resolution, _nonempty
+            ),
+            "default_duration": reader.get("DEFAULT_DURATION", cls.default_duration, _positive_int),
+            "poll_tick_seconds": reader.get(
+                "POLL_TICK_SECONDS", cls.poll_tick_seconds, _positive_float
+            ),
+            "poll_min_interval_seconds": reader.get(
+                "POLL_MIN_INTERVAL_SECONDS", cls.poll_min_interval_seconds, _positive_float
+            ),
+            "poll_max_interval_seconds": reader.get(
+                "POLL_MAX_INTERVAL_SECONDS", cls.poll_max_interval_seconds, _positive_float
+            ),
+            "job_timeout_seconds": reader.get(
+                "JOB_TIMEOUT_SECONDS", cls.job_timeout_seconds, _positive_float
+            ),
+            "max_concurrent_polls": reader.get(
+                "MAX_CONCURRENT_POLLS", cls.max_concurrent_polls, _positive_int
+            ),
+            "lease_seconds": reader.get("LEASE_SECONDS", cls.lease_seconds, _positive_float),
+            "max_active_jobs_per_user": reader.get(
+                "MAX_ACTIVE_JOBS_PER_USER", cls.max_active_jobs_per_user, _positive_int
+            ),
+            "max_image_bytes": reader.get("MAX_IMAGE_BYTES", cls.max_image_bytes, _positive_int),
+            "max_image_pixels": reader.get("MAX_IMAGE_PIXELS", cls.max_image_pixels, _positive_int),
+            "min_image_side": reader.get("MIN_IMAGE_SIDE", cls.min_image_side, _positive_int),
+            "max_video_bytes": reader.get("MAX_VIDEO_BYTES", cls.max_video_bytes, _positive_int),
+            "http_timeout_seconds": reader.get(
+                "HTTP_TIMEOUT_SECONDS", cls.http_timeout_seconds, _positive_float
+            ),
+            "log_level": reader.get("LOG_LEVEL", cls.log_level, _log_level),
+        }
+        _check_model_defaults(reader, values)
+        if values.get("poll_min_interval_seconds", 0) > values.get(
+            "poll_max_interval_seconds", 1e9
+        ):
+            reader.problems.append(
+                "POLL_MIN_INTERVAL_SECONDS must not be larger than POLL_MAX_INTERVAL_SECONDS"
+            )
+        if reader.problems or token is None or key is None:
+            raise ConfigError(reader.problems)
+        return cls(discord_token=Secret(token), aimlapi_key=Secret(key), **values)
+
+
+def mask_url_password(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in credentials else url
+
+
+class _Reader:
+    """Collects problems instead of stopping at the first one."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def _raw(self, name: str) -> str | None:
+        value = self.env.get(name)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def required(self, name: str) -> str | None:
+        value = self._raw(name)
+        if value is None:
+            self.problems.append(f"{name} is required but not set")
+        return value
+
+    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            self.problems.append(f"{name} {exc}")
+            return default
+
+    def optional(self, name: str, parse: Callable[[str], T]) -> T | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            self.problems.append(f"{name} {exc}")
+            return None
+
+    def url(self, name: str, default: str, schemes: tuple[str, ...]) -> str:
+        def parse(raw: str) -> str:
+            scheme, sep, rest = raw.partition("://")
+            if not sep or scheme.lower() not in schemes or not rest:
+                raise ValueError(f"must be a {' or '.join(schemes)} URL, got {_redact(raw)!r}")
+            return raw.rstrip("/") if scheme.lower() in ("http", "https") else raw
+
+        return self.get(name, default, parse)
+
+    def database_url(self, name: str) -> str:
+        def parse(raw: str) -> str:
+            scheme = raw.partition("://")[0].lower()
+            if scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
+                return "postgresql+asyncpg://" + raw.partition("://")[2]
+            if scheme in ("sqlite", "sqlite+aiosqlite"):
+                return "sqlite+aiosqlite://" + raw.partition("://")[2]
+            raise ValueError("must start with sqlite:// or postgres(ql)://")
+
+        return self.get(name, DEFAULT_DATABASE_URL, parse)
+
+
+def _redact(raw: str) -> str:
+    return mask_url_password(raw)
+
+
+def _nonempty(raw: str) -> str:
+    return raw
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"must be a number, got {raw!r}") from None
+    if not value > 0:
+        raise ValueError(f"must be greater than 0, got {raw}")
+    return value
+
+
+def _snowflake(raw: str) -> int:
+    if not raw.isdigit():
+        raise ValueError(f"must be a numeric Discord id, got {raw!r}")
+    return int(raw)
+
+
+def _model_id(raw: str) -> str:
+    if raw not in CATALOG:
+        raise ValueError(f"is not a known model: {raw!r} (known: {', '.join(CATALOG)})")
+    return raw
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
+    return level
+
+
+def _check_model_defaults(reader: _Reader, values: dict[str, Any]) -> None:
+    """The default resolution and duration must be valid for the default model."""
+    spec = CATALOG[values["default_model"]]
+    if values["default_resolution"] not in spec.resolutions:
+        if "DEFAULT_RESOLUTION" in reader.env and reader.env["DEFAULT_RESOLUTION"].strip():
+            reader.problems.append(
+                f"DEFAULT_RESOLUTION {values['default_resolution']!r} is not offered by "
+                f"{spec.id} (choose from {', '.join(spec.resolutions)})"
+            )
+        values["default_resolution"] = spec.default_resolution
+    if values["default_duration"] not in spec.durations:
+        if "DEFAULT_DURATION" in reader.env and reader.env["DEFAULT_DURATION"].strip():
+            reader.problems.append(
+                f"DEFAULT_DURATION {values['default_duration']} is not offered by {spec.id} "
+                f"(choose from {', '.join(map(str, spec.durations))})"
+            )
+        values["default_duration"] = spec.default_duration

@@ -1,0 +1,109 @@
+"""The job record: everything needed to resume after a crash and deliver exactly once.
+
+Lifecycle (`JobState`):
+
+    submitting ──► polling ──► to_deliver ──► delivering ──► done
+         │            │            ▲   ▲           │
+         └────────────┴────────────┘   └───────────┘ (lease expired: another worker retries)
+
+`submitting`: the row exists and holds the prepared image; the provider call is not confirmed.
+`polling`: the provider has the job (`provider_job_id`); polled on its schedule.
+`to_deliver`: the outcome is known (a video URL, or a failure to report); waiting for a worker.
+`delivering`: claimed by one worker until `delivery_lease_until` (an atomic compare-and-set).
+`done`: the user has been told (video posted or failure explained). Terminal.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+
+class JobState(enum.StrEnum):
+    SUBMITTING = "submitting"
+    POLLING = "polling"
+    TO_DELIVER = "to_deliver"
+    DELIVERING = "delivering"
+    DONE = "done"
+
+
+ACTIVE_STATES = (JobState.SUBMITTING, JobState.POLLING, JobState.TO_DELIVER, JobState.DELIVERING)
+
+
+class Outcome(enum.StrEnum):
+    VIDEO = "video"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What the Discord layer knows when a request has been accepted."""
+
+    requester_id: int
+    guild_id: int | None
+    channel_id: int
+    model: str
+    prompt: str
+    duration: int
+    resolution: str
+    orientation: str
+    fit: str
+    image_width: int
+    image_height: int
+    image_data: bytes
+    """The fitted JPEG, kept until the provider confirms the job so a restart can resubmit."""
+    upload_limit_bytes: int
+    estimated_usd: float | None = None
+    thread_id: int | None = None
+    status_message_id: int | None = None
+    interaction_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    state: JobState
+    outcome: Outcome | None
+    requester_id: int
+    guild_id: int | None
+    channel_id: int
+    thread_id: int | None
+    status_message_id: int | None
+    interaction_id: int | None
+    model: str
+    prompt: str
+    duration: int
+    resolution: str
+    orientation: str
+    fit: str
+    image_width: int
+    image_height: int
+    image_data: bytes | None
+    upload_limit_bytes: int
+    estimated_usd: float | None
+    provider_job_id: str | None
+    provider_status: str | None
+    submit_attempts: int
+    poll_attempts: int
+    consecutive_errors: int
+    next_poll_at: datetime | None
+    result_url: str | None
+    error_message: str | None
+    cost_usd: float | None
+    delivery_worker: str | None
+    delivery_lease_until: datetime | None
+    delivery_attempts: int
+    delivery_message_id: int | None
+    created_at: datetime
+    updated_at: datetime
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    """When the outcome became known (provider completed/failed, or we gave up)."""
+    delivered_at: datetime | None
+
+    @property
+    def delivery_channel_id(self) -> int:
+        """Where results go: the job's thread, or the channel when no thread could be used."""
+        return self.thread_id if self.thread_id is not None else self.channel_id
