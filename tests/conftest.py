@@ -8,6 +8,9 @@ from typing import Any
 
 import pytest
 
+# Fixtures shared across modules: the fake provider and a throwaway PostgreSQL server.
+pytest_plugins = ["tests.fake_provider", "tests.postgres"]
+
 _real_connect = socket.socket.connect
 _real_connect_ex = socket.socket.connect_ex
 

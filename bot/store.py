@@ -1,0 +1,616 @@
+"""Durable job store on SQLAlchemy 2 (async): SQLite for one machine, PostgreSQL for several.
+
+Every state change is one conditional UPDATE (compare-and-set on the row's state), so two
+workers — or two tasks of one worker — can never both move the same job. The schema is owned by
+the Alembic migrations in `bot/migrations/`; `jobs` below must always equal their head (a test
+compares them). Rows leave this module only as frozen `bot.jobs.Job` values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Collection, Mapping
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from bot.config import mask_url_password
+from bot.jobs import ACTIVE_STATES, Job, JobState, NewJob, Outcome
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+# Long enough to ride out another worker's write transaction (each is a single statement).
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# Execution option read by the SQLite "begin" hook: write transactions take the write lock up
+# front, so they wait in busy_timeout instead of failing half-way with SQLITE_BUSY.
+_SQLITE_IMMEDIATE = "animate_sqlite_begin_immediate"
+
+# Any constant works; it only has to be the same in every process sharing the database.
+_PG_MIGRATION_LOCK = 0x616E696D61746531  # "animate1"
+
+E = TypeVar("E", bound=StrEnum)
+
+
+# --- column types --------------------------------------------------------------------------------
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC in, aware UTC out, on every backend.
+
+    PostgreSQL keeps the zone (timestamptz); SQLite stores text without one, so values are
+    normalised to UTC before storing (keeping text comparisons in time order) and UTC is
+    re-attached on the way out.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = require_aware(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected a datetime from the database, got {type(value).__name__}")
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class StrEnumType(sa.TypeDecorator[E]):
+    """A `StrEnum` stored as its plain string value; unknown values fail on the way in."""
+
+    impl = sa.String(16)
+    cache_ok = True
+
+    def __init__(self, enum_type: type[E]) -> None:
+        super().__init__()
+        self.enum_type = enum_type
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        # A plain str (not the subclass) keeps every driver happy.
+        return None if value is None else str(self.enum_type(value).value)
+
+    def process_result_value(self, value: Any | None, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum_type(value)
+
+
+def require_aware(value: datetime, name: str = "datetime") -> datetime:
+    """`value` in UTC; a naive datetime is ambiguous, so it is refused rather than guessed."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+# --- schema (must match the head migration) ------------------------------------------------------
+
+metadata = sa.MetaData()
+
+# SQLite only auto-assigns ids to a column declared exactly INTEGER PRIMARY KEY.
+_ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("state", StrEnumType(JobState), nullable=False),
+    sa.Column("outcome", StrEnumType(Outcome), nullable=True),
+    # Discord snowflakes exceed 2**31.
+    sa.Column("requester_id", sa.BigInteger(), nullable=False),
+    sa.Column("guild_id", sa.BigInteger(), nullable=True),
+    sa.Column("channel_id", sa.BigInteger(), nullable=False),
+    sa.Column("thread_id", sa.BigInteger(), nullable=True),
+    sa.Column("status_message_id", sa.BigInteger(), nullable=True),
+    sa.Column("interaction_id", sa.BigInteger(), nullable=True),
+    sa.Column("model", sa.Text(), nullable=False),
+    sa.Column("prompt", sa.Text(), nullable=False),
+    sa.Column("duration", sa.Integer(), nullable=False),
+    sa.Column("resolution", sa.Text(), nullable=False),
+    sa.Column("orientation", sa.Text(), nullable=False),
+    sa.Column("fit", sa.Text(), nullable=False),
+    sa.Column("image_width", sa.Integer(), nullable=False),
+    sa.Column("image_height", sa.Integer(), nullable=False),
+    sa.Column("image_data", sa.LargeBinary(), nullable=True),
+    sa.Column("upload_limit_bytes", sa.BigInteger(), nullable=False),
+    sa.Column("estimated_usd", sa.Double(), nullable=True),
+    sa.Column("provider_job_id", sa.Text(), nullable=True),
+    sa.Column("provider_status", sa.Text(), nullable=True),
+    sa.Column("submit_attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("poll_attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("consecutive_errors", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_poll_at", UTCDateTime(), nullable=True),
+    sa.Column("result_url", sa.Text(), nullable=True),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("cost_usd", sa.Double(), nullable=True),
+    sa.Column("delivery_worker", sa.Text(), nullable=True),
+    sa.Column("delivery_lease_until", UTCDateTime(), nullable=True),
+    sa.Column("delivery_attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("delivery_message_id", sa.BigInteger(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("submitted_at", UTCDateTime(), nullable=True),
+    sa.Column("finished_at", UTCDateTime(), nullable=True),
+    sa.Column("delivered_at", UTCDateTime(), nullable=True),
+    # The loop's hot queries: due polls by time, and the per-user quota.
+    sa.Index("ix_jobs_state_next_poll_at", "state", "next_poll_at"),
+    sa.Index("ix_jobs_requester_id_state", "requester_id", "state"),
+)
+
+# Small key/value settings that must survive restarts (e.g. the slash-command fingerprint).
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("value", sa.Text(), nullable=False),
+)
+
+JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Job))
+_NEW_JOB_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NewJob))
+# Fields only the store itself may set: the key, and the columns transition() sets from its
+# own arguments.
+_MANAGED_FIELDS = frozenset({"id", "state", "updated_at"})
+
+# Fail at import, not at the first query, if bot/jobs.py and the table drift apart.
+if set(JOB_FIELDS) != set(jobs.c.keys()) or not set(_NEW_JOB_FIELDS) <= set(JOB_FIELDS):
+    raise RuntimeError(
+        "bot.store.jobs does not match bot.jobs.Job: "
+        f"missing columns {sorted(set(JOB_FIELDS) - set(jobs.c.keys()))}, "
+        f"extra columns {sorted(set(jobs.c.keys()) - set(JOB_FIELDS))}"
+    )
+_JOB_COLUMNS = tuple(jobs.c[name] for name in JOB_FIELDS)
+
+
+def _row_to_job(row: sa.Row[Any]) -> Job:
+    # The column types already did the conversions (enums, aware datetimes).
+    mapping = row._mapping
+    return Job(**{name: mapping[name] for name in JOB_FIELDS})
+
+
+# --- engines and migrations ----------------------------------------------------------------------
+
+
+def normalize_url(database_url: str) -> str:
+    """The async-driver form of a database URL (postgres:// and sqlite:// are accepted too)."""
+    scheme, sep, rest = database_url.partition("://")
+    scheme = scheme.lower()
+    if sep and scheme in ("postgres", "postgresql", "postgresql+asyncpg"):
+        return "postgresql+asyncpg://" + rest
+    if sep and scheme in ("sqlite", "sqlite+aiosqlite"):
+        return "sqlite+aiosqlite://" + rest
+    raise ValueError(
+        f"unsupported database URL {mask_url_password(database_url)!r}: "
+        "use sqlite+aiosqlite:///path or postgresql+asyncpg://user:password@host/db"
+    )
+
+
+def create_store_engine(database_url: str) -> AsyncEngine:
+    """An engine configured for the store (SQLite: parent dir created, WAL, busy timeout)."""
+    url = make_url(normalize_url(database_url))
+    if url.get_backend_name() != "sqlite":
+        # The bot runs for weeks; a database restart must not poison the pool.
+        return create_async_engine(url, pool_pre_ping=True)
+    path = url.database
+    if path and path != ":memory:" and not path.startswith("file:"):
+        Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url)
+    _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to the "begin" hook below: the driver's implicit BEGIN
+        # skips DDL, which would make a migration non-atomic.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL lets readers proceed while another connection (or process) writes.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_MS)}")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        immediate = connection.get_execution_options().get(_SQLITE_IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic settings built in code, so no alembic.ini is needed in the working directory."""
+    cfg = Config()
+    # ConfigParser interpolation: a literal % in the path must be doubled.
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no migrations found in {MIGRATIONS_DIR}")
+    return head
+
+
+async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
+    """Upgrade the database to `revision` in one transaction; safe to run from several processes."""
+    async with engine.connect() as conn:
+        await conn.execution_options(**{_SQLITE_IMMEDIATE: True})
+        async with conn.begin():
+            if conn.dialect.name == "postgresql":
+                # Two workers starting together must not both create the tables.
+                await conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK}
+                )
+            await conn.run_sync(_run_upgrade, revision)
+
+
+def _run_upgrade(connection: Connection, revision: str) -> None:
+    command.upgrade(alembic_config(connection), revision)
+
+
+async def revision_of(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        return await conn.run_sync(_current_revision)
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+async def upgrade_database(database_url: str, revision: str = "head") -> None:
+    """Migrate the database at `database_url` to `revision` (tests build old schemas with it)."""
+    engine = create_store_engine(database_url)
+    try:
+        await migrate(engine, revision)
+    finally:
+        await engine.dispose()
+
+
+async def current_revision(database_url: str) -> str | None:
+    """The Alembic revision the database is at, or None when it has never been migrated."""
+    engine = create_store_engine(database_url)
+    try:
+        return await revision_of(engine)
+    finally:
+        await engine.dispose()
+
+
+# --- the store -----------------------------------------------------------------------------------
+
+
+class JobStore:
+    """All job persistence. Every method is one short transaction; none keeps ORM objects."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._read = async_sessionmaker(engine, expire_on_commit=False)
+        self._write = async_sessionmaker(
+            engine.execution_options(**{_SQLITE_IMMEDIATE: True}), expire_on_commit=False
+        )
+        # SQLite < 3.35 has no RETURNING; then UPDATE + re-read inside the same transaction.
+        self._returning = engine.dialect.update_returning and engine.dialect.insert_returning
+
+    @classmethod
+    async def open(cls, database_url: str, *, migrate: bool = True) -> JobStore:
+        engine = create_store_engine(database_url)
+        safe_url = mask_url_password(normalize_url(database_url))
+        try:
+            if migrate:
+                await _migrate(engine)
+            else:
+                revision = await revision_of(engine)
+                if revision != head_revision():
+                    log.warning(
+                        "database %s is at revision %s, not %s; run the migrations",
+                        safe_url,
+                        revision,
+                        head_revision(),
+                    )
+        except BaseException:
+            await engine.dispose()
+            raise
+        log.info("job store open at %s", safe_url)
+        return cls(engine)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # --- single jobs ----------------------------------------------------------------------------
+
+    async def create(
+        self, new: NewJob, *, now: datetime, submit_lease_until: datetime | None = None
+    ) -> Job:
+        """Record an accepted request as `submitting`; counters start at 0, times at `now`.
+
+        `submit_lease_until` leases the submission to the caller in the same INSERT, so no
+        background pass can pick the job up (and pay for it twice) before the caller submits.
+        """
+        now = require_aware(now, "now")
+        values: dict[str, Any] = {name: getattr(new, name) for name in _NEW_JOB_FIELDS}
+        values.update(state=JobState.SUBMITTING, created_at=now, updated_at=now)
+        if submit_lease_until is not None:
+            values.update(
+                next_poll_at=require_aware(submit_lease_until, "submit_lease_until"),
+                submit_attempts=1,
+            )
+        insert = jobs.insert().values(values)
+        async with self._write.begin() as session:
+            if self._returning:
+                return _row_to_job((await session.execute(insert.returning(*_JOB_COLUMNS))).one())
+            connection = await session.connection()
+            inserted = (await connection.execute(insert)).inserted_primary_key
+            job = await self._select_one(session, inserted[0] if inserted else None)
+        if job is None:
+            raise RuntimeError("the inserted job could not be read back")
+        return job
+
+    async def get(self, job_id: int) -> Job | None:
+        async with self._read() as session:
+            return await self._select_one(session, job_id)
+
+    async def transition(
+        self,
+        job_id: int,
+        *,
+        from_states: Collection[JobState],
+        to_state: JobState | None = None,
+        now: datetime,
+        **changes: Any,
+    ) -> Job | None:
+        """Compare-and-set: apply `changes` (and `to_state`) only if the job is in `from_states`.
+
+        Returns the updated job, or None when the job is elsewhere (another task or worker moved
+        it first) or does not exist. Unknown or store-managed field names raise TypeError.
+        """
+        now = require_aware(now, "now")
+        values = _checked_changes(changes)
+        states = [JobState(state) for state in from_states]
+        values["updated_at"] = now
+        if to_state is not None:
+            values["state"] = JobState(to_state)
+        return await self._update_one(job_id, jobs.c.state.in_(states), values)
+
+    async def claim_submit(self, job_id: int, *, now: datetime, lease_seconds: float) -> Job | None:
+        """Lease a `submitting` job whose (re)submission is due: next_poll_at moves a lease ahead.
+
+        next_poll_at doubles as the submit lease: a worker submitting the job keeps it in the
+        future, so only a crashed (or rate-limited, now due) submission is picked up again.
+        """
+        now = require_aware(now, "now")
+        lease = _lease(lease_seconds)
+        due = sa.and_(
+            jobs.c.state == JobState.SUBMITTING,
+            sa.or_(jobs.c.next_poll_at.is_(None), jobs.c.next_poll_at <= now),
+        )
+        values = {
+            "next_poll_at": now + lease,
+            "submit_attempts": jobs.c.submit_attempts + 1,
+            "updated_at": now,
+        }
+        return await self._update_one(job_id, due, values)
+
+    async def claim_delivery(
+        self, job_id: int, *, worker: str, now: datetime, lease_seconds: float
+    ) -> Job | None:
+        """Take the delivery of a finished job for `worker`; None if someone else holds it.
+
+        Claimable: `to_deliver`, or `delivering` whose lease has run out (its worker died).
+        One conditional UPDATE, so of any number of concurrent claimers exactly one wins.
+        """
+        now = require_aware(now, "now")
+        lease = _lease(lease_seconds)
+        claimable = sa.or_(
+            jobs.c.state == JobState.TO_DELIVER,
+            sa.and_(jobs.c.state == JobState.DELIVERING, _lease_expired(now)),
+        )
+        values = {
+            "state": JobState.DELIVERING,
+            "delivery_worker": worker,
+            "delivery_lease_until": now + lease,
+            "delivery_attempts": jobs.c.delivery_attempts + 1,
+            "updated_at": now,
+        }
+        return await self._update_one(job_id, claimable, values)
+
+    async def finish_delivery(
+        self, job_id: int, *, worker: str, now: datetime, message_id: int | None
+    ) -> bool:
+        """Mark the job done if `worker` still holds its delivery; False if the lease was lost.
+
+        An expired lease that nobody has taken over is still ours: finishing it is correct, and
+        refusing would make the next worker post the result a second time.
+        """
+        now = require_aware(now, "now")
+        held = sa.and_(jobs.c.state == JobState.DELIVERING, jobs.c.delivery_worker == worker)
+        values = {
+            "state": JobState.DONE,
+            "delivered_at": now,
+            "delivery_message_id": message_id,
+            "delivery_lease_until": None,
+            "updated_at": now,
+        }
+        return await self._update_one(job_id, held, values) is not None
+
+    # --- the background loop's queries ------------------------------------------------------------
+
+    async def due_for_poll(self, now: datetime, limit: int) -> list[Job]:
+        """`polling` jobs whose next poll is due, most overdue first."""
+        now = require_aware(now, "now")
+        query = (
+            sa.select(*_JOB_COLUMNS)
+            .where(jobs.c.state == JobState.POLLING, jobs.c.next_poll_at <= now)
+            .order_by(jobs.c.next_poll_at, jobs.c.id)
+            .limit(limit)
+        )
+        return await self._select_many(query)
+
+    async def due_for_submit(self, now: datetime, limit: int) -> list[Job]:
+        """`submitting` jobs whose submit lease (next_poll_at) is unset or has run out."""
+        now = require_aware(now, "now")
+        query = (
+            sa.select(*_JOB_COLUMNS)
+            .where(
+                jobs.c.state == JobState.SUBMITTING,
+                sa.or_(jobs.c.next_poll_at.is_(None), jobs.c.next_poll_at <= now),
+            )
+            .order_by(sa.func.coalesce(jobs.c.next_poll_at, jobs.c.created_at), jobs.c.id)
+            .limit(limit)
+        )
+        return await self._select_many(query)
+
+    async def due_for_delivery(self, now: datetime, limit: int) -> list[Job]:
+        """Jobs waiting for a worker: `to_deliver`, or `delivering` with an expired lease."""
+        now = require_aware(now, "now")
+        query = (
+            sa.select(*_JOB_COLUMNS)
+            .where(
+                sa.or_(
+                    jobs.c.state == JobState.TO_DELIVER,
+                    sa.and_(jobs.c.state == JobState.DELIVERING, _lease_expired(now)),
+                )
+            )
+            .order_by(jobs.c.updated_at, jobs.c.id)
+            .limit(limit)
+        )
+        return await self._select_many(query)
+
+    async def unsubmitted(self, limit: int) -> list[Job]:
+        """Every `submitting` job, oldest first (what a crash may have left behind)."""
+        query = (
+            sa.select(*_JOB_COLUMNS)
+            .where(jobs.c.state == JobState.SUBMITTING)
+            .order_by(jobs.c.created_at, jobs.c.id)
+            .limit(limit)
+        )
+        return await self._select_many(query)
+
+    async def count_active(self, requester_id: int) -> int:
+        query = (
+            sa.select(sa.func.count())
+            .select_from(jobs)
+            .where(jobs.c.requester_id == requester_id, jobs.c.state.in_(ACTIVE_STATES))
+        )
+        async with self._read() as session:
+            return int((await session.execute(query)).scalar_one())
+
+    async def next_wakeup(self) -> datetime | None:
+        """The earliest scheduled poll, so a loop can sleep until then."""
+        query = sa.select(sa.func.min(jobs.c.next_poll_at)).where(jobs.c.state == JobState.POLLING)
+        async with self._read() as session:
+            # min() keeps the column's type, so this is already an aware UTC datetime.
+            value: datetime | None = (await session.execute(query)).scalar_one_or_none()
+        return value
+
+    # --- meta -------------------------------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self._read() as session:
+            query = sa.select(meta.c.value).where(meta.c.key == key)
+            value = (await session.execute(query)).scalar_one_or_none()
+        return None if value is None else str(value)
+
+    async def set_meta(self, key: str, value: str) -> None:
+        insert = (
+            pg_dialect.insert(meta)
+            if self._engine.dialect.name == "postgresql"
+            else sqlite_dialect.insert(meta)
+        )
+        upsert = insert.values(key=key, value=value).on_conflict_do_update(
+            index_elements=[meta.c.key], set_={"value": value}
+        )
+        async with self._write.begin() as session:
+            await session.execute(upsert)
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    async def _update_one(
+        self, job_id: int, condition: sa.ColumnElement[bool], values: Mapping[str, Any]
+    ) -> Job | None:
+        statement = jobs.update().where(jobs.c.id == job_id, condition).values(dict(values))
+        async with self._write.begin() as session:
+            if self._returning:
+                result = await session.execute(statement.returning(*_JOB_COLUMNS))
+                row = result.one_or_none()
+                return None if row is None else _row_to_job(row)
+            # Without RETURNING: the write lock (SQLite) or row lock (PostgreSQL) taken by
+            # the UPDATE is held until commit, so the re-read sees exactly what we wrote.
+            connection = await session.connection()
+            if (await connection.execute(statement)).rowcount != 1:
+                return None
+            return await self._select_one(session, job_id)
+
+    async def _select_one(self, session: AsyncSession, job_id: Any) -> Job | None:
+        query = sa.select(*_JOB_COLUMNS).where(jobs.c.id == job_id)
+        row = (await session.execute(query)).one_or_none()
+        return None if row is None else _row_to_job(row)
+
+    async def _select_many(self, query: sa.Select[Any]) -> list[Job]:
+        async with self._read() as session:
+            rows = (await session.execute(query)).all()
+        return [_row_to_job(row) for row in rows]
+
+
+async def _migrate(engine: AsyncEngine) -> None:
+    before = await revision_of(engine)
+    await migrate(engine)
+    after = await revision_of(engine)
+    if before != after:
+        log.info("database migrated from %s to %s", before or "empty", after)
+
+
+def _checked_changes(changes: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(name for name in changes if name not in JOB_FIELDS)
+    if unknown:
+        raise TypeError(f"not Job fields: {', '.join(unknown)}")
+    managed = sorted(name for name in changes if name in _MANAGED_FIELDS)
+    if managed:
+        raise TypeError(
+            f"{', '.join(managed)} cannot be changed directly (use to_state; updated_at is now)"
+        )
+    values = dict(changes)
+    for name, value in values.items():
+        if isinstance(value, datetime):
+            values[name] = require_aware(value, name)
+    return values
+
+
+def _lease(lease_seconds: float) -> timedelta:
+    if not lease_seconds > 0:
+        raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
+    return timedelta(seconds=lease_seconds)
+
+
+def _lease_expired(now: datetime) -> sa.ColumnElement[bool]:
+    # A `delivering` row without a lease can only come from a bug or a manual edit; treating it
+    # as expired lets the job finish instead of hanging forever.
+    return sa.or_(jobs.c.delivery_lease_until.is_(None), jobs.c.delivery_lease_until < now)

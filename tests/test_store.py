@@ -1,0 +1,498 @@
+"""The job store's behaviour, each test on SQLite and on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+
+from bot.jobs import Job, JobState, NewJob, Outcome
+from bot.store import (
+    JobStore,
+    create_store_engine,
+    current_revision,
+    head_revision,
+    jobs,
+    metadata,
+    normalize_url,
+    upgrade_database,
+)
+
+T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+BIG_SNOWFLAKE = 1_234_567_890_123_456_789  # > 2**60, like real Discord ids
+IMAGE = bytes(range(256)) * 40 + b"\x00\xff"  # every byte value, NULs included
+
+
+def new_job(**overrides: object) -> NewJob:
+    values: dict[str, object] = {
+        "requester_id": BIG_SNOWFLAKE,
+        "guild_id": BIG_SNOWFLAKE + 1,
+        "channel_id": BIG_SNOWFLAKE + 2,
+        "model": "openai/sora-2-i2v",
+        "prompt": "Zoom out slowly 🚀✨ — ça tourne, 回転する",
+        "duration": 4,
+        "resolution": "720p",
+        "orientation": "landscape",
+        "fit": "crop",
+        "image_width": 1280,
+        "image_height": 720,
+        "image_data": IMAGE,
+        "upload_limit_bytes": 25 * 1024 * 1024,
+        "estimated_usd": 0.4,
+        "thread_id": BIG_SNOWFLAKE + 3,
+        "status_message_id": BIG_SNOWFLAKE + 4,
+        "interaction_id": BIG_SNOWFLAKE + 5,
+    }
+    values.update(overrides)
+    return NewJob(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[JobStore]:
+    opened = await JobStore.open(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def polling_job(store: JobStore, next_poll_at: datetime, **overrides: object) -> Job:
+    job = await store.create(new_job(**overrides), now=T0)
+    moved = await store.transition(
+        job.id,
+        from_states=[JobState.SUBMITTING],
+        to_state=JobState.POLLING,
+        now=T0,
+        provider_job_id=f"gen-{job.id}",
+        next_poll_at=next_poll_at,
+    )
+    assert moved is not None
+    return moved
+
+
+async def finished_job(store: JobStore) -> Job:
+    job = await polling_job(store, T0)
+    done = await store.transition(
+        job.id,
+        from_states=[JobState.POLLING],
+        to_state=JobState.TO_DELIVER,
+        now=T0,
+        outcome=Outcome.VIDEO,
+        result_url="https://cdn.example/video.mp4",
+        next_poll_at=None,
+    )
+    assert done is not None
+    return done
+
+
+# --- records -------------------------------------------------------------------------------------
+
+
+async def test_create_then_get_round_trips_every_field(store: JobStore) -> None:
+    created = await store.create(new_job(), now=T0)
+
+    assert created.id > 0
+    assert created.state is JobState.SUBMITTING
+    assert created.outcome is None
+    assert (created.submit_attempts, created.poll_attempts, created.delivery_attempts) == (0, 0, 0)
+    assert created.created_at == created.updated_at == T0
+    for field in dataclasses.fields(NewJob):
+        assert getattr(created, field.name) == getattr(new_job(), field.name), field.name
+    assert await store.get(created.id) == created
+
+
+async def test_every_job_field_survives_a_write_and_read(store: JobStore) -> None:
+    job = await store.create(new_job(guild_id=None, thread_id=None), now=T0)
+    plus_two = timezone(timedelta(hours=2))
+    changes = {
+        "outcome": Outcome.FAILED,
+        "provider_job_id": "gen_abc123",
+        "provider_status": "generating",
+        "submit_attempts": 2,
+        "poll_attempts": 7,
+        "consecutive_errors": 1,
+        "next_poll_at": T0 + timedelta(seconds=30),
+        "result_url": "https://cdn.example/v.mp4?sig=x",
+        "error_message": "Ошибка 💥",
+        "cost_usd": 1.25,
+        "delivery_worker": "worker-a",
+        # Another zone on the way in: the same instant, in UTC, on the way out.
+        "delivery_lease_until": datetime(2025, 1, 1, 15, 0, tzinfo=plus_two),
+        "delivery_message_id": BIG_SNOWFLAKE + 9,
+        "submitted_at": T0 + timedelta(seconds=1),
+        "finished_at": T0 + timedelta(seconds=2),
+        "delivered_at": T0 + timedelta(seconds=3),
+        "image_data": None,
+    }
+    now = T0 + timedelta(minutes=5)
+    updated = await store.transition(
+        job.id, from_states=[JobState.SUBMITTING], to_state=JobState.DONE, now=now, **changes
+    )
+
+    assert updated is not None
+    assert updated == await store.get(job.id)
+    assert updated.state is JobState.DONE
+    assert updated.updated_at == now
+    assert updated.created_at == T0
+    assert updated.guild_id is None and updated.thread_id is None
+    assert updated.delivery_channel_id == updated.channel_id
+    for name, value in changes.items():
+        assert getattr(updated, name) == value, name
+    assert updated.delivery_lease_until == datetime(2025, 1, 1, 13, 0, tzinfo=UTC)
+    for field in dataclasses.fields(Job):
+        value = getattr(updated, field.name)
+        if isinstance(value, datetime):
+            assert value.tzinfo is UTC, field.name
+
+
+async def test_get_unknown_job_is_none(store: JobStore) -> None:
+    assert await store.get(987_654_321) is None
+
+
+async def test_naive_datetimes_are_rejected(store: JobStore) -> None:
+    naive = datetime(2025, 1, 1, 12, 0)  # noqa: DTZ001 - the point of the test
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.create(new_job(), now=naive)
+    job = await store.create(new_job(), now=T0)
+    with pytest.raises(ValueError, match="next_poll_at"):
+        await store.transition(
+            job.id, from_states=[JobState.SUBMITTING], now=T0, next_poll_at=naive
+        )
+    with pytest.raises(ValueError):
+        await store.due_for_poll(naive, limit=10)
+    assert await store.get(job.id) == job
+
+
+# --- compare-and-set -----------------------------------------------------------------------------
+
+
+async def test_transition_from_the_wrong_state_changes_nothing(store: JobStore) -> None:
+    job = await store.create(new_job(), now=T0)
+    later = T0 + timedelta(seconds=10)
+
+    missed = await store.transition(
+        job.id,
+        from_states=[JobState.POLLING, JobState.TO_DELIVER],
+        to_state=JobState.DONE,
+        now=later,
+        error_message="should not be written",
+    )
+
+    assert missed is None
+    assert await store.get(job.id) == job
+    moved = await store.transition(
+        job.id, from_states=[JobState.SUBMITTING], to_state=JobState.POLLING, now=later
+    )
+    assert moved is not None
+    assert (moved.state, moved.updated_at) == (JobState.POLLING, later)
+    # The same move again loses: the job is no longer where the caller thought.
+    assert (
+        await store.transition(
+            job.id, from_states=[JobState.SUBMITTING], to_state=JobState.POLLING, now=later
+        )
+        is None
+    )
+    assert (
+        await store.transition(job.id + 1000, from_states=[JobState.SUBMITTING], now=later) is None
+    )
+
+
+async def test_transition_only_accepts_job_fields(store: JobStore) -> None:
+    job = await store.create(new_job(), now=T0)
+    for bad in ({"no_such_field": 1}, {"state": JobState.DONE}, {"id": 5}, {"updated_at": T0}):
+        with pytest.raises(TypeError):
+            await store.transition(job.id, from_states=[JobState.SUBMITTING], now=T0, **bad)
+    assert await store.get(job.id) == job
+
+
+# --- the loop's queries --------------------------------------------------------------------------
+
+
+async def test_due_for_poll_is_due_polling_jobs_oldest_first(store: JobStore) -> None:
+    late = await polling_job(store, T0 - timedelta(seconds=5))
+    later = await polling_job(store, T0 - timedelta(seconds=60))
+    exactly_now = await polling_job(store, T0)
+    await polling_job(store, T0 + timedelta(seconds=1))  # not yet due
+    await store.create(new_job(), now=T0 - timedelta(hours=1))  # submitting: not polled
+    await finished_job(store)  # to_deliver: not polled
+
+    due = await store.due_for_poll(T0, limit=10)
+    assert [job.id for job in due] == [later.id, late.id, exactly_now.id]
+    assert [job.id for job in await store.due_for_poll(T0, limit=2)] == [later.id, late.id]
+    assert await store.due_for_poll(T0 - timedelta(hours=1), limit=10) == []
+    assert await store.next_wakeup() == T0 - timedelta(seconds=60)
+
+
+async def test_next_wakeup_without_polling_jobs_is_none(store: JobStore) -> None:
+    await store.create(new_job(), now=T0)
+    assert await store.next_wakeup() is None
+
+
+async def test_count_active_counts_only_this_users_unfinished_jobs(store: JobStore) -> None:
+    user, other = BIG_SNOWFLAKE, BIG_SNOWFLAKE + 100
+    assert await store.count_active(user) == 0
+    await store.create(new_job(requester_id=user), now=T0)
+    await polling_job(store, T0, requester_id=user)
+    finished = await polling_job(store, T0, requester_id=user)
+    await store.transition(
+        finished.id, from_states=[JobState.POLLING], to_state=JobState.DONE, now=T0
+    )
+    await store.create(new_job(requester_id=other), now=T0)
+
+    assert await store.count_active(user) == 2
+    assert await store.count_active(other) == 1
+
+
+async def test_unsubmitted_and_submit_leases(store: JobStore) -> None:
+    first = await store.create(new_job(), now=T0)
+    second = await store.create(new_job(), now=T0 + timedelta(seconds=1))
+    await polling_job(store, T0)
+
+    assert [job.id for job in await store.unsubmitted(limit=10)] == [first.id, second.id]
+    assert [job.id for job in await store.due_for_submit(T0, limit=10)] == [first.id, second.id]
+
+    leased = await store.claim_submit(first.id, now=T0, lease_seconds=60)
+    assert leased is not None
+    assert (leased.submit_attempts, leased.next_poll_at) == (1, T0 + timedelta(seconds=60))
+    # Leased: neither due nor claimable again until the lease runs out.
+    assert (
+        await store.claim_submit(first.id, now=T0 + timedelta(seconds=30), lease_seconds=60) is None
+    )
+    assert [job.id for job in await store.due_for_submit(T0, limit=10)] == [second.id]
+    after = T0 + timedelta(seconds=61)
+    assert first.id in [job.id for job in await store.due_for_submit(after, limit=10)]
+    again = await store.claim_submit(first.id, now=after, lease_seconds=60)
+    assert again is not None and again.submit_attempts == 2
+
+
+# --- delivery: exactly once ----------------------------------------------------------------------
+
+
+async def test_ten_concurrent_claims_have_exactly_one_winner(store: JobStore) -> None:
+    job = await finished_job(store)
+
+    results = await asyncio.gather(
+        *(store.claim_delivery(job.id, worker=f"w{i}", now=T0, lease_seconds=60) for i in range(10))
+    )
+
+    winners = [result for result in results if result is not None]
+    assert len(winners) == 1
+    winner = winners[0]
+    assert winner.state is JobState.DELIVERING
+    assert winner.delivery_attempts == 1
+    assert winner.delivery_lease_until == T0 + timedelta(seconds=60)
+    assert await store.get(job.id) == winner
+
+
+async def test_two_workers_on_one_database_claim_exactly_once(
+    store: JobStore, store_url: str
+) -> None:
+    job = await finished_job(store)
+    second_worker = await JobStore.open(store_url)
+    try:
+        claims = [
+            worker.claim_delivery(job.id, worker=name, now=T0, lease_seconds=60)
+            for _ in range(5)
+            for worker, name in ((store, "worker-a"), (second_worker, "worker-b"))
+        ]
+        results = await asyncio.gather(*claims)
+    finally:
+        await second_worker.close()
+
+    winners = [result for result in results if result is not None]
+    assert len(winners) == 1
+    assert winners[0].delivery_worker in ("worker-a", "worker-b")
+    stored = await store.get(job.id)
+    assert stored is not None and stored.delivery_attempts == 1
+
+
+async def test_live_lease_holds_and_expired_lease_moves_to_another_worker(store: JobStore) -> None:
+    job = await finished_job(store)
+    assert [j.id for j in await store.due_for_delivery(T0, limit=10)] == [job.id]
+    first = await store.claim_delivery(job.id, worker="worker-a", now=T0, lease_seconds=60)
+    assert first is not None
+
+    during = T0 + timedelta(seconds=30)
+    assert await store.due_for_delivery(during, limit=10) == []
+    assert (
+        await store.claim_delivery(job.id, worker="worker-b", now=during, lease_seconds=60) is None
+    )
+
+    after = T0 + timedelta(seconds=61)
+    assert [j.id for j in await store.due_for_delivery(after, limit=10)] == [job.id]
+    second = await store.claim_delivery(job.id, worker="worker-b", now=after, lease_seconds=60)
+    assert second is not None
+    assert (second.delivery_worker, second.delivery_attempts) == ("worker-b", 2)
+
+    # worker-a wakes up late: its lease is gone, so it must not mark the job delivered.
+    assert not await store.finish_delivery(job.id, worker="worker-a", now=after, message_id=1)
+    assert await store.finish_delivery(
+        job.id, worker="worker-b", now=after, message_id=BIG_SNOWFLAKE
+    )
+    done = await store.get(job.id)
+    assert done is not None
+    assert (done.state, done.delivered_at, done.delivery_message_id) == (
+        JobState.DONE,
+        after,
+        BIG_SNOWFLAKE,
+    )
+    assert await store.due_for_delivery(after + timedelta(days=1), limit=10) == []
+    # Done is terminal for delivery: nobody can claim or finish it again.
+    assert (
+        await store.claim_delivery(job.id, worker="worker-c", now=after, lease_seconds=60) is None
+    )
+    assert not await store.finish_delivery(job.id, worker="worker-b", now=after, message_id=None)
+
+
+async def test_finish_delivery_needs_a_claim(store: JobStore) -> None:
+    job = await finished_job(store)
+    assert not await store.finish_delivery(job.id, worker="worker-a", now=T0, message_id=None)
+    assert (await store.get(job.id)) == job
+
+
+async def test_without_returning_the_fallback_behaves_the_same(store: JobStore) -> None:
+    # What runs on SQLite < 3.35: UPDATE, then re-read in the same transaction.
+    store._returning = False
+    job = await finished_job(store)
+    assert job.state is JobState.TO_DELIVER
+    assert await store.transition(job.id, from_states=[JobState.POLLING], now=T0) is None
+    results = await asyncio.gather(
+        *(store.claim_delivery(job.id, worker=f"w{i}", now=T0, lease_seconds=60) for i in range(5))
+    )
+    assert len([r for r in results if r is not None]) == 1
+
+
+# --- meta ----------------------------------------------------------------------------------------
+
+
+async def test_meta_values_are_stored_and_replaced(store: JobStore) -> None:
+    assert await store.get_meta("fingerprint") is None
+    await store.set_meta("fingerprint", "abc")
+    await store.set_meta("fingerprint", "def")
+    assert await store.get_meta("fingerprint") == "def"
+
+
+# --- schema, migrations, durability --------------------------------------------------------------
+
+
+def _schema_differences(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, metadata))
+
+
+async def test_migrated_schema_equals_the_table_definition(store: JobStore) -> None:
+    async with store.engine.connect() as conn:
+        differences = await conn.run_sync(_schema_differences)
+    assert differences == []
+
+
+async def test_upgrade_in_place_keeps_old_rows(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    await upgrade_database(store_url, "0001")
+    assert await current_revision(store_url) == "0001"
+    old = dataclasses.asdict(new_job())
+    del old["interaction_id"]  # added by 0002
+    engine = create_store_engine(store_url)
+    try:
+        async with engine.begin() as conn:
+            result = await conn.execute(
+                jobs.insert().values(
+                    **old, state=JobState.POLLING, created_at=T0, updated_at=T0, next_poll_at=T0
+                )
+            )
+            job_id = result.inserted_primary_key[0]  # type: ignore[index]
+    finally:
+        await engine.dispose()
+
+    caplog.set_level(logging.INFO, logger="alembic")
+    store = await JobStore.open(store_url)
+    try:
+        assert await current_revision(store_url) == head_revision()
+        job = await store.get(job_id)
+        assert job is not None
+        assert (job.state, job.prompt, job.image_data) == (JobState.POLLING, old["prompt"], IMAGE)
+        assert job.cost_usd is None and job.interaction_id is None
+        assert [j.id for j in await store.due_for_poll(T0, limit=5)] == [job_id]
+        updated = await store.transition(
+            job_id, from_states=[JobState.POLLING], now=T0, cost_usd=0.8, interaction_id=7
+        )
+        assert updated is not None and (updated.cost_usd, updated.interaction_id) == (0.8, 7)
+    finally:
+        await store.close()
+    assert "Running upgrade 0001 -> 0002" in caplog.text
+
+    caplog.clear()
+    again = await JobStore.open(store_url)
+    await again.close()
+    assert "Running upgrade" not in caplog.text  # already at head: nothing to do
+    assert await current_revision(store_url) == head_revision()
+
+
+async def test_jobs_survive_closing_and_reopening(store_url: str) -> None:
+    first = await JobStore.open(store_url)
+    job = await polling_job(first, T0 + timedelta(seconds=5))
+    await first.set_meta("k", "v")
+    await first.close()
+
+    reopened = await JobStore.open(store_url, migrate=False)
+    try:
+        assert await reopened.get(job.id) == job
+        assert await reopened.get_meta("k") == "v"
+        assert await reopened.next_wakeup() == T0 + timedelta(seconds=5)
+    finally:
+        await reopened.close()
+
+
+# --- SQLite specifics and URLs -------------------------------------------------------------------
+
+
+def test_database_urls_are_normalised() -> None:
+    assert normalize_url("postgres://u:p@h:5432/d") == "postgresql+asyncpg://u:p@h:5432/d"
+    assert normalize_url("postgresql://u@h/d") == "postgresql+asyncpg://u@h/d"
+    assert normalize_url("postgresql+asyncpg://u@h/d") == "postgresql+asyncpg://u@h/d"
+    assert normalize_url("sqlite:///./data/x.db") == "sqlite+aiosqlite:///./data/x.db"
+    with pytest.raises(ValueError) as caught:
+        normalize_url("mysql://user:hunter2@h/d")
+    assert "hunter2" not in str(caught.value)
+
+
+async def test_sqlite_file_is_created_with_wal_and_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "animate.db"
+    store = await JobStore.open(f"sqlite:///{path}")  # the raw form is accepted too
+    try:
+        async with store.engine.connect() as conn:
+            mode = (await conn.exec_driver_sql("PRAGMA journal_mode")).scalar()
+            timeout = (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar()
+    finally:
+        await store.close()
+    assert path.exists()
+    assert (mode, timeout) == ("wal", 10_000)
+    # The file is an ordinary SQLite database that other tools can read.
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+    raw.close()
+
+
+async def test_open_with_a_password_does_not_log_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="bot.store")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the driver raises
+        await JobStore.open("postgresql://bot:hunter2@127.0.0.1:1/nowhere")
+    assert "hunter2" not in caplog.text
+
+
+def test_schema_exposes_big_ids() -> None:
+    for name in ("requester_id", "guild_id", "channel_id", "thread_id", "interaction_id"):
+        assert isinstance(jobs.c[name].type, sa.BigInteger), name
