@@ -57,6 +57,9 @@ class Settings:
     # How often the background loop looks for due work (seconds); the per-job schedule decides
     # when a job is actually polled.
     poll_tick_seconds: float = 2.0
+    # "adaptive": few polls before the model's typical time, close ones after; "fixed": every
+    # POLL_MIN_INTERVAL_SECONDS.
+    poll_schedule: str = "adaptive"
     poll_min_interval_seconds: float = 5.0
     poll_max_interval_seconds: float = 30.0
     job_timeout_seconds: float = 1200.0
@@ -105,6 +108,7 @@ class Settings:
             "poll_tick_seconds": reader.get(
                 "POLL_TICK_SECONDS", cls.poll_tick_seconds, _positive_float
             ),
+            "poll_schedule": reader.get("POLL_SCHEDULE", cls.poll_schedule, _poll_schedule),
             "poll_min_interval_seconds": reader.get(
                 "POLL_MIN_INTERVAL_SECONDS", cls.poll_min_interval_seconds, _positive_float
             ),
@@ -248,6 +252,12 @@ def _snowflake(raw: str) -> int:
 def _model_id(raw: str) -> str:
     if raw not in CATALOG:
         raise ValueError(f"is not a known model: {raw!r} (known: {', '.join(CATALOG)})")
+    return raw
+
+
+def _poll_schedule(raw: str) -> str:
+    if raw not in ("adaptive", "fixed"):
+        raise ValueError(f"must be adaptive or fixed, got {raw!r}")
     return raw
 
 

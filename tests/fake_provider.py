@@ -120,6 +120,8 @@ class FakeJob:
     polls: int = 0
     url_served_at: float | None = None
     cursor: int = 0
+    complete_after: float | None = None
+    """Seconds after creation before "completed" may be served (None: the global setting)."""
 
 
 @dataclass
@@ -129,6 +131,7 @@ class _Script:
     error: dict[str, Any] | None
     video_shape: VideoShape
     post_body: Callable[[str], dict[str, Any]] | None
+    complete_after: float | None = None
 
 
 @dataclass
@@ -155,7 +158,10 @@ class FakeProvider:
         check_image_size: bool = True,
         image_check_mode: Literal["sync", "async"] = "sync",
         max_body_bytes: int = 25 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # Injectable so simulations on a fake clock see jobs finish in simulated time.
+        self.clock = clock
         self.api_key = api_key
         self.post_status = post_status
         self.check_image_size = check_image_size
@@ -208,15 +214,20 @@ class FakeProvider:
         error: dict[str, Any] | None = None,
         video_shape: VideoShape = "object",
         post_body: Callable[[str], dict[str, Any]] | None = None,
+        complete_after: float | None = None,
     ) -> None:
         """The next created job answers polls with `statuses`, one per GET (the last repeats).
 
         Entries are status strings or whole body dicts (sent verbatim). `post_body(job_id)`
         replaces the POST answer (e.g. an already terminal status, or `generation_id`).
+        `complete_after` holds "completed" back until that many seconds (on `clock`) after
+        creation.
         """
         if not statuses:
             raise ValueError("statuses must not be empty")
-        self._scripts.append(_Script(list(statuses), video, error, video_shape, post_body))
+        self._scripts.append(
+            _Script(list(statuses), video, error, video_shape, post_body, complete_after)
+        )
 
     def fail_next(
         self,
@@ -309,8 +320,9 @@ class FakeProvider:
             video=script.video if script and script.video is not None else tiny_mp4(),
             video_shape=script.video_shape if script else "object",
             error=error,
-            created_at=time.monotonic(),
+            created_at=self.clock(),
             file_token=secrets.token_hex(8),
+            complete_after=script.complete_after if script else None,
         )
         self.jobs[job.id] = job
         body = script.post_body(job.id) if script and script.post_body else None
@@ -344,12 +356,9 @@ class FakeProvider:
         job.polls += 1
         entry = job.statuses[min(job.cursor, len(job.statuses) - 1)]
         status = entry if isinstance(entry, str) else str(entry.get("status"))
-        elapsed = time.monotonic() - job.created_at
-        if (
-            status == "completed"
-            and self._completion_time is not None
-            and elapsed < self._completion_time
-        ):
+        elapsed = self.clock() - job.created_at
+        hold = job.complete_after if job.complete_after is not None else self._completion_time
+        if status == "completed" and hold is not None and elapsed < hold:
             # Not time yet: stay pending and do not advance the script.
             job.served.append("generating")
             return {"id": job.id, "status": "generating"}
@@ -361,7 +370,7 @@ class FakeProvider:
         if status == "completed":
             url = self.video_url(job)
             if job.url_served_at is None:
-                job.url_served_at = time.monotonic()
+                job.url_served_at = self.clock()
             shaped: Any = {"url": url}
             if job.video_shape == "array":
                 shaped = [{"url": url}]
@@ -384,7 +393,7 @@ class FakeProvider:
             return web.Response(status=404, text="NoSuchKey")
         if self.video_ttl is not None:
             served_at = job.url_served_at if job.url_served_at is not None else job.created_at
-            if time.monotonic() - served_at > self.video_ttl:
+            if self.clock() - served_at > self.video_ttl:
                 # Like a signed CDN link past its expiry.
                 return web.Response(status=403, text="AccessDenied: Request has expired")
         if fault is not None and fault.drop_connection:
@@ -471,7 +480,7 @@ class FakeProvider:
                 headers=headers,
                 authorization="Authorization" in request.headers,
                 json=parsed,
-                time=time.monotonic(),
+                time=self.clock(),
             )
         )
 

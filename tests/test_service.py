@@ -1,0 +1,395 @@
+"""The job service end to end against the fake provider and a real SQLite store.
+
+Time is a fake clock; the provider client's retry sleeps are instant. What a user would notice:
+exactly one video (or one explanation) per request, nothing lost across a restart, no money
+spent on bad input.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from PIL import Image
+
+from bot.config import Settings
+from bot.errors import ImageRejected, InputRejected, ProviderValidationError, TooManyActiveJobs
+from bot.jobs import Job, JobState, Outcome
+from bot.provider import DownloadedVideo, ProviderClient, RetryPolicy
+from bot.service import AnimateRequest, JobService, UploadRejected
+from bot.store import JobStore
+from tests.fake_provider import FakeProvider
+
+VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 4096
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.moment = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+    def now(self) -> datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+
+
+@dataclass
+class Posted:
+    kind: str
+    job_id: int
+    message_id: int
+    detail: str = ""
+    data: bytes = b""
+
+
+@dataclass
+class RecordingDelivery:
+    """Stands in for Discord: remembers what would have been posted."""
+
+    posts: list[Posted] = field(default_factory=list)
+    statuses: list[tuple[int, JobState, str | None]] = field(default_factory=list)
+    fail_next_posts: int = 0
+    crash_after_post: int = 0
+    refuse_uploads: bool = False
+
+    def _post(self, kind: str, job: Job, detail: str = "", data: bytes = b"") -> int:
+        if self.fail_next_posts:
+            self.fail_next_posts -= 1
+            raise ConnectionResetError("discord went away")
+        message_id = 1000 + len(self.posts)
+        self.posts.append(Posted(kind, job.id, message_id, detail, data))
+        if self.crash_after_post:
+            # The message is out, but the process "dies" before recording it.
+            self.crash_after_post -= 1
+            raise ConnectionResetError("crashed after posting")
+        return message_id
+
+    async def show_status(self, job: Job) -> None:
+        self.statuses.append((job.id, job.state, job.provider_status))
+
+    async def find_delivered(self, job: Job) -> int | None:
+        for post in self.posts:
+            if post.job_id == job.id:
+                return post.message_id
+        return None
+
+    async def post_video(self, job: Job, video: DownloadedVideo) -> int:
+        if self.refuse_uploads:
+            raise UploadRejected("too big")
+        return self._post("video", job, data=video.path.read_bytes())
+
+    async def post_link(self, job: Job, url: str, reason: str) -> int:
+        return self._post("link", job, detail=f"{url} {reason}")
+
+    async def post_failure(self, job: Job, reason: str) -> int:
+        return self._post("failure", job, detail=reason)
+
+    def for_job(self, job_id: int) -> list[Posted]:
+        return [p for p in self.posts if p.job_id == job_id]
+
+
+def photo(width: int = 1600, height: int = 1000) -> bytes:
+    image = Image.new("RGB", (width, height), (30, 120, 200))
+    for x in range(0, width, 40):
+        image.paste((240, 200, 40), (x, 0, x + 10, height))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+async def _no_sleep(_: float) -> None:
+    return None
+
+
+@dataclass
+class World:
+    service: JobService
+    store: JobStore
+    provider: FakeProvider
+    clock: FakeClock
+    delivery: RecordingDelivery
+    settings: Settings
+    session: aiohttp.ClientSession
+    db_url: str
+
+    def request(self, **overrides: object) -> AnimateRequest:
+        values: dict[str, object] = {
+            "image": photo(),
+            "prompt": "the waves roll in @everyone",
+            "requester_id": 111,
+            "guild_id": 222,
+            "channel_id": 333,
+            "upload_limit_bytes": 10 * 1024 * 1024,
+        }
+        values.update(overrides)
+        return AnimateRequest(**values)  # type: ignore[arg-type]
+
+    async def animate(self, **overrides: object) -> Job:
+        prepared = await self.service.prepare(self.request(**overrides))
+        job = await self.service.record(prepared)
+        job = await self.service.set_conversation(job, thread_id=444, status_message_id=555)
+        return await self.service.submit(job)
+
+    async def run_for(self, seconds: float, step: float = 1.0) -> None:
+        """Drive the background loop as the bot would, on the fake clock."""
+        elapsed = 0.0
+        while elapsed < seconds:
+            await self.service.run_due(self.delivery)
+            self.clock.advance(step)
+            elapsed += step
+
+    def new_service(
+        self, store: JobStore | None = None, worker_id: str | None = None
+    ) -> JobService:
+        client = ProviderClient(
+            self.session,
+            base_url=self.provider.base_url,
+            api_key=self.settings.aimlapi_key,
+            retry=RetryPolicy(attempts=3),
+            sleep=_no_sleep,
+        )
+        return JobService(
+            settings=self.settings,
+            store=store or self.store,
+            provider=client,
+            clock=self.clock,
+            worker_id=worker_id,
+            rng=lambda: 0.5,
+        )
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    provider = FakeProvider()
+    await provider.start()
+    settings = Settings.from_env(
+        {
+            "DISCORD_TOKEN": "discord-token",
+            "AIMLAPI_KEY": "test-key",
+            "AIMLAPI_BASE_URL": provider.base_url,
+            "JOB_TIMEOUT_SECONDS": "600",
+            "LEASE_SECONDS": "60",
+            "MAX_ACTIVE_JOBS_PER_USER": "2",
+        }
+    )
+    db_url = f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
+    store = await JobStore.open(db_url)
+    session = aiohttp.ClientSession()
+    clock = FakeClock()
+    w = World(
+        service=None,  # type: ignore[arg-type]
+        store=store,
+        provider=provider,
+        clock=clock,
+        delivery=RecordingDelivery(),
+        settings=settings,
+        session=session,
+        db_url=db_url,
+    )
+    w.service = w.new_service()
+    try:
+        yield w
+    finally:
+        await session.close()
+        await store.close()
+        await provider.close()
+
+
+def post_count(world: World) -> int:
+    return sum(1 for r in world.provider.requests if r.method == "POST")
+
+
+def poll_count(world: World) -> int:
+    return sum(1 for r in world.provider.requests if r.method == "GET" and "generations" in r.path)
+
+
+async def test_happy_path_delivers_the_video_once(world: World) -> None:
+    world.provider.script_next_job(["queued", "generating", "generating", "completed"], video=VIDEO)
+    job = await world.animate()
+    assert job.state == JobState.POLLING
+    await world.run_for(400)
+    posts = world.delivery.for_job(job.id)
+    assert [p.kind for p in posts] == ["video"]
+    assert posts[0].data == VIDEO
+    final = await world.store.get(job.id)
+    assert final is not None and final.state == JobState.DONE and final.outcome == Outcome.VIDEO
+    assert final.image_data is None  # the upload copy is not kept once the provider has it
+    assert post_count(world) == 1
+
+
+async def test_the_request_sent_is_the_fitted_image_at_the_model_preset(world: World) -> None:
+    job = await world.animate(image=photo(900, 1600), resolution="1080p", duration=8)
+    assert (job.image_width, job.image_height) == (1024, 1792)
+    body = next(iter(world.provider.jobs.values())).body
+    assert body["resolution"] == "1080p" and body["aspect_ratio"] == "9:16"
+    assert body["duration"] == 8 and body["model"] == "openai/sora-2-pro-i2v"
+    assert body["image_url"].startswith("data:image/jpeg;base64,")
+
+
+async def test_few_polls_before_the_typical_time_and_short_gaps_after(world: World) -> None:
+    world.provider.set_completion_time(None)
+    world.provider.script_next_job(["generating"])
+    await world.animate()
+    await world.run_for(60)
+    early = poll_count(world)
+    await world.run_for(60)  # 60-120 s: Sora's typical 90 s falls in here
+    window = poll_count(world) - early
+    assert early <= 2, "polled too often while the video could not be ready"
+    assert window >= 8, "not watching closely while the video may be ready"
+
+
+async def test_provider_failure_is_explained_with_its_reason(world: World) -> None:
+    world.provider.script_next_job(
+        ["queued", "error"],
+        error={"name": "GenerationError", "message": "Input image contains a human face"},
+    )
+    job = await world.animate()
+    await world.run_for(200)
+    posts = world.delivery.for_job(job.id)
+    assert [p.kind for p in posts] == ["failure"]
+    assert "human face" in posts[0].detail
+
+
+async def test_unknown_status_and_completed_without_url_fail_cleanly(world: World) -> None:
+    world.provider.script_next_job(["queued", "exploded"])
+    first = await world.animate()
+    world.provider.script_next_job([{"status": "completed", "video": None}])
+    second = await world.animate(requester_id=999)
+    await world.run_for(200)
+    assert "exploded" in world.delivery.for_job(first.id)[0].detail
+    assert world.delivery.for_job(second.id)[0].kind == "failure"
+
+
+async def test_gives_up_after_the_deadline_and_says_so(world: World) -> None:
+    world.provider.script_next_job(["generating"])
+    job = await world.animate()
+    await world.run_for(700, step=5)
+    posts = world.delivery.for_job(job.id)
+    assert [p.kind for p in posts] == ["failure"]
+    assert "minutes" in posts[0].detail
+    final = await world.store.get(job.id)
+    assert final is not None and final.outcome == Outcome.TIMED_OUT
+
+
+async def test_poll_errors_back_off_and_the_job_still_arrives(world: World) -> None:
+    world.provider.script_next_job(["queued", "generating", "completed"], video=VIDEO)
+    job = await world.animate()
+    world.provider.fail_next("GET", status=500, count=6)
+    await world.run_for(600)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_refused_submit_costs_nothing_and_is_reported(world: World) -> None:
+    world.provider.fail_next("POST", status=400, message="Body validation error!\nbad prompt")
+    with pytest.raises(ProviderValidationError):
+        await world.animate()
+    assert world.provider.jobs == {}
+    await world.run_for(5)
+    [post] = world.delivery.posts
+    assert post.kind == "failure" and "bad prompt" in post.detail
+
+
+async def test_rate_limited_submit_waits_and_submits_exactly_once(world: World) -> None:
+    world.provider.fail_next("POST", status=429, count=3)  # more than the client's own retries
+    job = await world.animate()
+    assert job.state == JobState.SUBMITTING
+    await world.run_for(900, step=5)
+    assert len(world.provider.jobs) == 1
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_bad_input_is_refused_before_anything_is_spent(world: World) -> None:
+    with pytest.raises(ImageRejected):
+        await world.service.prepare(world.request(image=b"%PDF-1.7 not a picture"))
+    with pytest.raises(InputRejected, match="4, 8 or 12"):
+        await world.service.prepare(world.request(duration=5))
+    with pytest.raises(InputRejected, match="720p"):
+        await world.service.prepare(world.request(model="openai/sora-2-i2v", resolution="1080p"))
+    assert world.provider.requests == []
+
+
+async def test_active_jobs_per_user_are_capped(world: World) -> None:
+    await world.animate()
+    await world.animate()
+    with pytest.raises(TooManyActiveJobs):
+        await world.animate()
+    await world.animate(requester_id=4242)  # others are not affected
+
+
+async def test_crash_before_submit_is_resubmitted_after_restart(world: World) -> None:
+    prepared = await world.service.prepare(world.request())
+    job = await world.service.record(prepared)  # ...and the process dies here
+    await world.store.close()
+    world.store = await JobStore.open(world.db_url)
+    world.service = world.new_service()
+    await world.run_for(30)
+    assert world.provider.jobs == {}, "must not resubmit while the first worker may still be at it"
+    await world.run_for(500)
+    assert len(world.provider.jobs) == 1
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_restart_while_polling_continues_the_job(world: World) -> None:
+    world.provider.script_next_job(["queued", "generating", "generating", "completed"], video=VIDEO)
+    job = await world.animate()
+    await world.run_for(20)
+    await world.store.close()
+    world.store = await JobStore.open(world.db_url)
+    world.service = world.new_service()
+    await world.run_for(400)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+    assert post_count(world) == 1
+
+
+async def test_failed_post_is_retried_and_lands_once(world: World) -> None:
+    job = await world.animate()
+    world.delivery.fail_next_posts = 2
+    await world.run_for(400)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_crash_between_posting_and_recording_does_not_post_twice(world: World) -> None:
+    job = await world.animate()
+    world.delivery.crash_after_post = 1
+    await world.run_for(400)
+    assert len(world.delivery.for_job(job.id)) == 1
+    final = await world.store.get(job.id)
+    assert final is not None and final.state == JobState.DONE
+    assert final.delivery_message_id == world.delivery.for_job(job.id)[0].message_id
+
+
+async def test_two_workers_deliver_each_video_once(world: World) -> None:
+    jobs = [await world.animate(requester_id=i) for i in range(1, 5)]
+    other_store = await JobStore.open(world.db_url)
+    try:
+        other = world.new_service(store=other_store, worker_id="other")
+        for _ in range(400):
+            await world.service.run_due(world.delivery)
+            await other.run_due(world.delivery)
+            world.clock.advance(1)
+    finally:
+        await other_store.close()
+    for job in jobs:
+        assert len(world.delivery.for_job(job.id)) == 1
+
+
+async def test_video_over_the_upload_limit_becomes_a_link(world: World) -> None:
+    world.provider.script_next_job(["completed"], video=VIDEO * 4)
+    job = await world.animate(upload_limit_bytes=len(VIDEO))
+    await world.run_for(200)
+    [post] = world.delivery.for_job(job.id)
+    assert post.kind == "link" and "upload limit" in post.detail and "http" in post.detail
+
+
+async def test_upload_refused_by_discord_becomes_a_link(world: World) -> None:
+    world.delivery.refuse_uploads = True
+    job = await world.animate()
+    await world.run_for(200)
+    [post] = world.delivery.for_job(job.id)
+    assert post.kind == "link"
