@@ -1,0 +1,119 @@
+"""The discord.py Bot: builds the core's resources in async code, loads the cogs, syncs commands
+deliberately and closes everything in order. The only core module besides the launcher that
+imports discord.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any
+
+import aiohttp
+import discord
+import yarl
+from discord.ext import commands
+
+from bot.config import Settings
+from bot.provider import ProviderClient
+from bot.service import Clock, JobService
+from bot.store import JobStore
+
+log = logging.getLogger(__name__)
+
+# Explicit, so a typo fails loudly instead of running a bot without its command.
+EXTENSIONS = ("cogs.animate",)
+COMMANDS_FINGERPRINT_KEY = "global_commands_fingerprint"
+
+
+def point_discord_at(settings: Settings) -> None:
+    """Honour DISCORD_API_BASE_URL / DISCORD_GATEWAY_URL (a proxy in front of Discord, or tests).
+
+    discord.py reads both from class attributes; the interaction webhooks use the same Route.
+    """
+    discord.http.Route.BASE = settings.discord_api_base_url
+    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
+
+
+class AnimateBot(commands.Bot):
+    service: JobService
+    store: JobStore
+    session: aiohttp.ClientSession
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sync_mode: str = "auto",
+        clock: Clock | None = None,
+        **options: Any,
+    ) -> None:
+        # No privileged intents: slash commands need none of them.
+        intents = discord.Intents.none()
+        intents.guilds = True
+        options.setdefault("guild_ready_timeout", 2.0)
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            # Nobody is pinged unless a message explicitly allows it (only the requester).
+            allowed_mentions=discord.AllowedMentions.none(),
+            **options,
+        )
+        self.settings = settings
+        self.sync_mode = sync_mode
+        self._clock = clock
+
+    async def setup_hook(self) -> None:
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=15, sock_read=self.settings.http_timeout_seconds
+        )
+        self.session = aiohttp.ClientSession(timeout=timeout)
+        self.store = await JobStore.open(self.settings.database_url)
+        provider = ProviderClient(
+            self.session, base_url=self.settings.aimlapi_base_url, api_key=self.settings.aimlapi_key
+        )
+        self.service = JobService(
+            settings=self.settings, store=self.store, provider=provider, clock=self._clock
+        )
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self.sync_commands(force=self.sync_mode == "force")
+
+    async def sync_commands(self, *, force: bool = False) -> None:
+        """Dev guild: every start (instant, cheap). Global: only when the definitions changed."""
+        if self.settings.dev_guild_id is not None:
+            guild = discord.Object(id=self.settings.dev_guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d command(s) to the dev guild %s", len(synced), guild.id)
+            if not force:
+                return
+        fingerprint = self.commands_fingerprint()
+        if not force and await self.store.get_meta(COMMANDS_FINGERPRINT_KEY) == fingerprint:
+            log.info("global commands unchanged since the last sync; not syncing")
+            return
+        synced = await self.tree.sync()
+        await self.store.set_meta(COMMANDS_FINGERPRINT_KEY, fingerprint)
+        log.info("synced %d global command(s)", len(synced))
+
+    def commands_fingerprint(self) -> str:
+        payload = sorted(
+            (command.to_dict(self.tree) for command in self.tree.get_commands()),
+            key=lambda c: str(c.get("name")),
+        )
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    async def close(self) -> None:
+        # Loops stop first (cogs unload), then the network session, then the store.
+        for extension in tuple(self.extensions):
+            try:
+                await self.unload_extension(extension)
+            except Exception:
+                log.exception("failed to unload %s", extension)
+        await super().close()
+        if hasattr(self, "session"):
+            await self.session.close()
+        if hasattr(self, "store"):
+            await self.store.close()
