@@ -4,10 +4,10 @@ Run from anywhere: `python bench/imaging.py [--runs N] [--source WxH]`. Builds a
 JPEG in memory (12 megapixels unless --source says otherwise), then for each target size
 measures the median wall time of
   naive: full decode -> convert("RGB") -> one LANCZOS cover-crop resize -> JPEG encode
-  ours:  prepare_image (DCT-scaled decode + reduce() + one LANCZOS resize -> JPEG encode)
+  ours:  prepare_image (DCT-scaled decode + reduce() + one BICUBIC resize -> JPEG encode)
 with the same JPEG settings, the PSNR between the two outputs, and each pipeline's peak memory
 (resident-set growth, measured in a fresh subprocess because tracemalloc cannot see Pillow's C
-allocations). Prints a Markdown table for bench/README-imaging.md.
+allocations). Prints a Markdown table (its figures are in the README).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def naive(data: bytes, size: tuple[int, int]) -> bytes:
         rgb = im.convert("RGB")
     frame = ImageOps.fit(rgb, size, method=Image.Resampling.LANCZOS)
     buf = io.BytesIO()
-    frame.save(buf, "JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING, optimize=True)
+    frame.save(buf, "JPEG", quality=JPEG_QUALITY, subsampling=JPEG_SUBSAMPLING)
     return buf.getvalue()
 
 
