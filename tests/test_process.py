@@ -7,6 +7,7 @@ one video in its thread.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
@@ -242,3 +243,28 @@ async def test_killed_while_uploading_the_video_is_not_posted_twice(fakes: Fakes
             lambda: "Done" in str(fakes.discord.message(status.id).embeds), timeout=40
         )
     assert len(fakes.videos()) == 1
+
+
+async def test_sync_command_forces_a_global_sync_and_exits(fakes: Fakes) -> None:
+    environment = fakes.environment()
+    environment.pop("DEV_GUILD_ID")
+    for _ in range(2):
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            "sync",
+            cwd=fakes.tmp,
+            env=environment,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 0, output.decode()
+    global_puts = [
+        r
+        for r in fakes.discord.requests("PUT")
+        if r.path == f"/applications/{fakes.discord.application_id}/commands"
+    ]
+    assert len(global_puts) == 2  # forced both times, unlike a normal start
+    assert fakes.discord.identify_payloads == []  # it never connected to the gateway
