@@ -27,6 +27,8 @@ from bot.errors import (
     GenerationFailed,
     InputRejected,
     JobTimedOut,
+    ProviderAuthError,
+    ProviderCreditsError,
     ProviderError,
     ProviderNotFound,
     ProviderRateLimited,
@@ -161,7 +163,8 @@ class FixedPollSchedule(PollSchedule):
 
 
 class JobService:
-    MAX_DELIVERY_ATTEMPTS = 5
+    MAX_DELIVERY_ATTEMPTS = 8
+    DELIVERY_RETRY_BASE_SECONDS = 15.0
 
     def __init__(
         self,
@@ -262,7 +265,31 @@ class JobService:
         log.info(
             "job %s: recorded (model %s, %s, %ss)", job.id, job.model, job.resolution, job.duration
         )
+        # Checked again now that the job counts: two requests racing past check_quota must not
+        # both get through. Both may be refused; neither is charged.
+        if await self.store.count_active(req.requester_id) > self.settings.max_active_jobs_per_user:
+            await self.abandon(job, "too many videos in progress")
+            raise TooManyActiveJobs(self.settings.max_active_jobs_per_user)
         return job
+
+    async def abandon(self, job: Job, reason: str) -> None:
+        """Give up on a recorded job that was never submitted, so the loop will not submit it.
+
+        For when the Discord side fails after `record` (the status message could not be posted,
+        say) and the user has been told so: nothing is charged for a request that failed.
+        """
+        abandoned = await self.store.transition(
+            job.id,
+            from_states=[JobState.SUBMITTING],
+            to_state=JobState.DONE,
+            now=self.clock.now(),
+            outcome=Outcome.FAILED,
+            error_message=reason,
+            image_data=None,
+            next_poll_at=None,
+        )
+        if abandoned is not None:
+            log.info("job %s: abandoned before submit (%s)", job.id, reason)
 
     async def set_conversation(
         self, job: Job, *, thread_id: int | None, status_message_id: int | None
@@ -365,6 +392,18 @@ class JobService:
 
     async def _resubmit(self, job: Job, delivery: Delivery) -> None:
         now = self.clock.now()
+        if self._deadline_passed(job, now):
+            # A request stuck behind a long provider outage is not charged days later.
+            await self._time_out(job, now, from_states=[JobState.SUBMITTING])
+            return
+        if job.model not in CATALOG:
+            await self._conclude(
+                job,
+                Outcome.FAILED,
+                error=f"The model {job.model} is no longer offered by this bot.",
+                from_states=[JobState.SUBMITTING],
+            )
+            return
         leased = await self.store.claim_submit(
             job.id, now=now, lease_seconds=self.settings.lease_seconds
         )
@@ -390,6 +429,12 @@ class JobService:
                 state = await self.provider.fetch(job.provider_job_id)
             except ProviderNotFound as exc:
                 await self._conclude(job, Outcome.FAILED, error=user_message(exc))
+                return
+            except (ProviderAuthError, ProviderCreditsError) as exc:
+                # The job is already paid for: a rotated key or an empty balance must not throw
+                # it away. Keep trying (with backoff) until the deadline; the operator is told.
+                log.error("job %s: provider refused our key while polling: %s", job.id, exc)
+                await self._poll_error(job, exc)
                 return
             except ProviderError as exc:
                 if not exc.retryable:
@@ -466,11 +511,18 @@ class JobService:
         started = job.submitted_at or job.created_at
         return (now - started).total_seconds() > self.settings.job_timeout_seconds
 
-    async def _time_out(self, job: Job, now: datetime) -> None:
+    async def _time_out(
+        self, job: Job, now: datetime, *, from_states: list[JobState] | None = None
+    ) -> None:
         started = job.submitted_at or job.created_at
         waited = (now - started).total_seconds()
         log.warning("job %s: timed out after %.0f s", job.id, waited)
-        await self._conclude(job, Outcome.TIMED_OUT, error=user_message(JobTimedOut(waited)))
+        await self._conclude(
+            job,
+            Outcome.TIMED_OUT,
+            error=user_message(JobTimedOut(waited)),
+            from_states=from_states,
+        )
 
     async def _conclude(
         self,
@@ -521,25 +573,33 @@ class JobService:
         try:
             message_id = None
             if claimed.delivery_attempts > 1:
-                # An earlier attempt may have posted before dying: look before posting again.
-                message_id = await delivery.find_delivered(claimed)
-                if message_id is not None:
-                    log.info("job %s: already delivered as message %s", job.id, message_id)
+                message_id = await self._find_earlier_post(claimed, delivery)
             if message_id is None:
                 message_id = await self._post_outcome(claimed, delivery)
         except Exception:
             log.exception("job %s: delivery attempt %s failed", job.id, claimed.delivery_attempts)
-            await self._release_delivery(claimed)
+            await self._retry_delivery_later(claimed, delivery)
             return False
         done = await self.store.finish_delivery(
             job.id, worker=self.worker_id, now=self.clock.now(), message_id=message_id
         )
         if done:
-            final = await self.store.get(job.id)
-            if final is not None:
-                await self._safe_status(delivery, final)
+            await self.refresh_status(delivery, job.id)
             log.info("job %s: delivered (%s)", job.id, claimed.outcome)
         return done
+
+    async def _find_earlier_post(self, job: Job, delivery: Delivery) -> int | None:
+        """An earlier attempt may have posted before dying: look before posting again."""
+        try:
+            found = await delivery.find_delivered(job)
+        except Exception:
+            # Not being able to look must not stop the video forever; Discord's nonce check
+            # still drops a repeat of a very recent post.
+            log.warning("job %s: could not check for an earlier post", job.id, exc_info=True)
+            return None
+        if found is not None:
+            log.info("job %s: already delivered as message %s", job.id, found)
+        return found
 
     async def _post_outcome(self, job: Job, delivery: Delivery) -> int:
         if job.outcome != Outcome.VIDEO or job.result_url is None:
@@ -564,22 +624,48 @@ class JobService:
             except UploadRejected:
                 return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
 
-    async def _release_delivery(self, job: Job) -> None:
+    async def _retry_delivery_later(self, job: Job, delivery: Delivery) -> None:
         now = self.clock.now()
         if job.delivery_attempts >= self.MAX_DELIVERY_ATTEMPTS:
-            log.error("job %s: giving up delivery after %s attempts", job.id, job.delivery_attempts)
-            await self.store.finish_delivery(
-                job.id, worker=self.worker_id, now=now, message_id=None
-            )
+            await self._give_up_delivery(job, delivery, now)
             return
+        # Keep the claim but let it lapse after a growing pause; the next claim is the retry.
+        delay = min(
+            self.settings.lease_seconds,
+            self.DELIVERY_RETRY_BASE_SECONDS * math.pow(2, job.delivery_attempts - 1),
+        )
         await self.store.transition(
             job.id,
             from_states=[JobState.DELIVERING],
-            to_state=JobState.TO_DELIVER,
             now=now,
-            delivery_worker=None,
-            delivery_lease_until=None,
+            delivery_lease_until=now + timedelta(seconds=delay),
         )
+
+    async def _give_up_delivery(self, job: Job, delivery: Delivery, now: datetime) -> None:
+        link = f" Here is the provider's link: {job.result_url}" if job.result_url else ""
+        reason = f"The bot could not post here (Discord kept refusing).{link}"
+        log.error(
+            "job %s: giving up delivery after %s attempts; result %s",
+            job.id,
+            job.delivery_attempts,
+            job.result_url,
+        )
+        await self.store.transition(
+            job.id,
+            from_states=[JobState.DELIVERING],
+            now=now,
+            outcome=Outcome.FAILED,
+            error_message=reason,
+        )
+        await self.store.finish_delivery(job.id, worker=self.worker_id, now=now, message_id=None)
+        # The status message may still be reachable when the thread is not.
+        await self.refresh_status(delivery, job.id)
+
+    async def refresh_status(self, delivery: Delivery, job_id: int) -> None:
+        """Show the job's current state, read fresh so a late edit never undoes a newer one."""
+        job = await self.store.get(job_id)
+        if job is not None:
+            await self._safe_status(delivery, job)
 
     async def _safe_status(self, delivery: Delivery, job: Job) -> None:
         """Status edits are cosmetic: a failure is logged, never fatal to the job."""

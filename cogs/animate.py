@@ -26,17 +26,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # What the bot needs wherever /animate is used, with the names Discord shows in its settings.
+# Read Message History lets a restarted bot see that a video was already posted.
 NEEDED_EVERYWHERE = {
     "view_channel": "View Channel",
     "send_messages": "Send Messages",
     "embed_links": "Embed Links",
     "attach_files": "Attach Files",
+    "read_message_history": "Read Message History",
 }
 NEEDED_IN_THREADS = {
     "view_channel": "View Channel",
     "send_messages_in_threads": "Send Messages in Threads",
     "embed_links": "Embed Links",
     "attach_files": "Attach Files",
+    "read_message_history": "Read Message History",
 }
 NEEDED_FOR_NEW_THREADS = {
     "create_public_threads": "Create Public Threads",
@@ -169,12 +172,19 @@ class Animate(commands.Cog):
             )
         )
         job = await self.service.record(prepared)
-        where, thread_id, status_id = await self._open_conversation(interaction, job, prepared)
-        job = await self.service.set_conversation(
-            job, thread_id=thread_id, status_message_id=status_id
-        )
-        job = await self.service.submit(job)
-        await self.delivery.show_status(job)
+        try:
+            where, thread_id, status_id = await self._open_conversation(interaction, job, prepared)
+            job = await self.service.set_conversation(
+                job, thread_id=thread_id, status_message_id=status_id
+            )
+        except Exception:
+            # The user hears that it failed, so it must not be submitted (and charged) later.
+            # (A cancelled command, at shutdown, is instead submitted by the next start.)
+            await self.service.abandon(job, "the status message could not be posted")
+            raise
+        await self.service.submit(job)
+        # Cosmetic from here on: the job is paid for and will be delivered whatever happens.
+        await self.service.refresh_status(self.delivery, job.id)
         await interaction.followup.send(f"Started! {where}", ephemeral=True)
 
     async def _read_image(self, attachment: discord.Attachment) -> bytes:

@@ -87,7 +87,7 @@ def status_embed(job: Job) -> discord.Embed:
         started = job.submitted_at or job.created_at
         embed.add_field(name="Status", value=f"Generating, started {_ts(started)}.", inline=False)
     elif current == "done":
-        embed.add_field(name="Status", value="Your video is in the thread below.", inline=False)
+        embed.add_field(name="Status", value="Your video has been posted.", inline=False)
     elif current == "failed":
         embed.add_field(
             name="Why", value=_clip(job.error_message or "Unknown reason.", 1000), inline=False
@@ -140,8 +140,8 @@ class DiscordDelivery:
     async def find_delivered(self, job: Job) -> int | None:
         me = self.client.user
         marker = result_footer(job)
-        after = discord.Object(id=discord.utils.time_snowflake(job.created_at))
-        async for message in self._channel(job.delivery_channel_id).history(limit=100, after=after):
+        # Newest first: a result posted by a dead attempt is among the latest messages.
+        async for message in self._channel(job.delivery_channel_id).history(limit=200):
             if me is not None and message.author.id != me.id:
                 continue
             if any(embed.footer.text == marker for embed in message.embeds):

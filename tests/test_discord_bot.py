@@ -7,6 +7,7 @@ polled and delivered in about two seconds of test time, on the real poll schedul
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import AsyncIterator
@@ -380,3 +381,14 @@ async def test_a_second_request_while_busy_is_capped(env: Env) -> None:
         reply = await env.wait_reply(await env.animate())
         assert "already have 1" in reply
         assert len(env.provider.jobs) == 1
+
+
+async def test_if_the_status_message_is_refused_nothing_is_ever_charged(
+    env: Env, bot: BotRun
+) -> None:
+    env.discord.fail_next("POST", rf"^/channels/{env.channel_id}/messages$", status=403)
+    reply = await env.wait_reply(await env.animate())
+    assert "Sorry" in reply
+    # Well past the submit lease (100 s on the bot's clock, 2 s here): still nothing sent.
+    await asyncio.sleep(4)
+    assert env.provider.requests == []

@@ -7,7 +7,9 @@ spent on bad input.
 
 from __future__ import annotations
 
+import asyncio
 import io
+import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,7 +60,12 @@ class RecordingDelivery:
     crash_after_post: int = 0
     refuse_uploads: bool = False
 
+    attempts: list[datetime] = field(default_factory=list)
+    clock: FakeClock | None = None
+
     def _post(self, kind: str, job: Job, detail: str = "", data: bytes = b"") -> int:
+        if self.clock is not None:
+            self.attempts.append(self.clock.now())
         if self.fail_next_posts:
             self.fail_next_posts -= 1
             raise ConnectionResetError("discord went away")
@@ -393,3 +400,50 @@ async def test_upload_refused_by_discord_becomes_a_link(world: World) -> None:
     await world.run_for(200)
     [post] = world.delivery.for_job(job.id)
     assert post.kind == "link"
+
+
+async def test_a_delivery_that_keeps_failing_backs_off_then_says_so(world: World) -> None:
+    world.delivery.clock = world.clock
+    world.delivery.fail_next_posts = 1000
+    job = await world.animate()
+    await world.run_for(3600, step=5)
+    attempts = world.delivery.attempts
+    assert len(attempts) == JobService.MAX_DELIVERY_ATTEMPTS
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(attempts)]
+    assert gaps == sorted(gaps) and gaps[0] >= 10, "retries must back off, not hammer Discord"
+    final = await world.store.get(job.id)
+    assert final is not None and final.state == JobState.DONE
+    assert final.outcome == Outcome.FAILED and "http" in (final.error_message or "")
+    assert world.delivery.statuses[-1][1] == JobState.DONE  # the status message says so
+
+
+async def test_a_submit_stuck_behind_429_gives_up_at_the_deadline(world: World) -> None:
+    world.provider.fail_next("POST", status=429, count=10_000)
+    job = await world.animate()
+    await world.run_for(700, step=5)
+    [post] = world.delivery.for_job(job.id)
+    assert post.kind == "failure" and "minutes" in post.detail
+    assert world.provider.jobs == {}
+
+
+async def test_a_rotated_key_while_polling_does_not_lose_a_paid_job(world: World) -> None:
+    job = await world.animate()
+    world.provider.fail_next("GET", status=401, count=3)
+    await world.run_for(600)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_racing_requests_cannot_pass_the_cap_together(world: World) -> None:
+    results = await asyncio.gather(*(world.animate() for _ in range(5)), return_exceptions=True)
+    accepted = [r for r in results if isinstance(r, Job)]
+    assert all(isinstance(r, Job | TooManyActiveJobs) for r in results)
+    assert 1 <= len(accepted) <= world.settings.max_active_jobs_per_user
+    assert len(world.provider.jobs) == len(accepted)
+
+
+async def test_an_abandoned_job_is_never_submitted(world: World) -> None:
+    job = await world.service.record(await world.service.prepare(world.request()))
+    await world.service.abandon(job, "status message refused")
+    await world.run_for(600, step=5)
+    assert world.provider.requests == []
+    assert world.delivery.posts == []
