@@ -262,7 +262,20 @@ class Animate(commands.Cog):
     ) -> None:
         """The one place an /animate failure becomes words for the user."""
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
-        if isinstance(cause, BotError):
+        if isinstance(cause, discord.Forbidden):
+            # Discord refused something the permission check could not foresee (an override on
+            # a thread, say): say so instead of a generic apology.
+            log.warning(
+                "/animate refused by Discord for user %s in guild %s (code %s)",
+                interaction.user.id,
+                interaction.guild_id,
+                cause.code,
+            )
+            text = (
+                "Discord did not let me post here. Ask a server admin to check my permissions "
+                "in this channel (" + ", ".join(NEEDED_EVERYWHERE.values()) + ")."
+            )
+        elif isinstance(cause, BotError):
             text = user_message(cause)
             if not isinstance(cause, InputRejected):
                 log.warning(

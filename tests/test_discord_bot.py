@@ -388,7 +388,7 @@ async def test_if_the_status_message_is_refused_nothing_is_ever_charged(
 ) -> None:
     env.discord.fail_next("POST", rf"^/channels/{env.channel_id}/messages$", status=403)
     reply = await env.wait_reply(await env.animate())
-    assert "Sorry" in reply
+    assert "did not let me post here" in reply and "Send Messages" in reply
     # Well past the submit lease (100 s on the bot's clock, 2 s here): still nothing sent.
     await asyncio.sleep(4)
     assert env.provider.requests == []
