@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, cast
 
 import discord
 from discord import app_commands
@@ -22,6 +23,7 @@ from cogs.delivery import DiscordDelivery, first_frame_file, status_embed, threa
 
 if TYPE_CHECKING:
     from bot.discord_bot import AnimateBot
+    from bot.imaging import FitMode, OrientationChoice
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +148,7 @@ class Animate(commands.Cog):
             missing = _missing(interaction.app_permissions, needed)
             if missing:
                 raise MissingPermissions(missing)
+        # Cheap refusals before the download; `prepare` checks them again with the image.
         self.service.resolve_choices(
             model=model, duration=duration, resolution=resolution, prompt=prompt
         )
@@ -162,12 +165,9 @@ class Animate(commands.Cog):
                 model=model,
                 duration=duration,
                 resolution=resolution,
-                orientation="landscape"
-                if orientation == "landscape"
-                else "portrait"
-                if orientation == "portrait"
-                else "auto",
-                fit="pad" if fit == "pad" else "crop",
+                # Discord only sends the declared choices.
+                orientation=cast("OrientationChoice", orientation),
+                fit=cast("FitMode", fit),
                 interaction_id=interaction.id,
             )
         )
@@ -192,7 +192,8 @@ class Animate(commands.Cog):
         if attachment.size > limit:
             raise ImageRejected(
                 "too_large",
-                f"The file is {attachment.size / 1_048_576:.1f} MB; "
+                # Rounded up, so a file just over the limit never reads as equal to it.
+                f"The file is {math.ceil(attachment.size / 104_857.6) / 10:.1f} MB; "
                 f"the limit is {limit / 1_048_576:.0f} MB.",
             )
         content_type = (attachment.content_type or "").lower()

@@ -392,3 +392,11 @@ async def test_if_the_status_message_is_refused_nothing_is_ever_charged(
     # Well past the submit lease (100 s on the bot's clock, 2 s here): still nothing sent.
     await asyncio.sleep(4)
     assert env.provider.requests == []
+
+
+async def test_an_oversized_file_is_refused_without_downloading_it(env: Env) -> None:
+    async with started(env, MAX_IMAGE_BYTES="50000"):
+        reply = await env.wait_reply(await env.animate(image=jpeg(3000, 2000, quality=95)))
+    assert "the limit is" in reply and "MB" in reply
+    assert env.discord.cdn_requests() == []
+    assert env.provider.requests == []
