@@ -7,8 +7,10 @@ and renders the results. The background loop and the one error handler live here
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
 import discord
@@ -73,6 +75,10 @@ class Animate(commands.Cog):
     def __init__(self, bot: AnimateBot) -> None:
         self.bot = bot
         self.delivery = DiscordDelivery(bot)
+        # Commands in progress, so shutdown can let them finish their submit and reply.
+        self._commands_running = 0
+        self._no_commands = asyncio.Event()
+        self._no_commands.set()
 
     @property
     def service(self) -> JobService:
@@ -82,7 +88,22 @@ class Animate(commands.Cog):
         self.background.change_interval(seconds=self.bot.settings.poll_tick_seconds)
         self.background.start()
 
+    @contextlib.contextmanager
+    def _command_running(self) -> Iterator[None]:
+        self._commands_running += 1
+        self._no_commands.clear()
+        try:
+            yield
+        finally:
+            self._commands_running -= 1
+            if self._commands_running == 0:
+                self._no_commands.set()
+
     async def cog_unload(self) -> None:
+        # A command cut off mid-submit would be marked failed although it may be charged; give
+        # running ones a moment to finish while the HTTP session is still open.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_commands.wait(), timeout=15)
         # Let a running pass finish (cancelling mid-write helps nobody), but not forever: a
         # job cut off here is picked up again after its lease.
         self.background.stop()
@@ -139,6 +160,22 @@ class Animate(commands.Cog):
         resolution: str | None = None,
         model: str | None = None,
         fit: str = "crop",
+    ) -> None:
+        with self._command_running():
+            await self._animate(
+                interaction, image, prompt, duration, orientation, resolution, model, fit
+            )
+
+    async def _animate(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        image: discord.Attachment,
+        prompt: str,
+        duration: int | None,
+        orientation: str,
+        resolution: str | None,
+        model: str | None,
+        fit: str,
     ) -> None:
         # Acknowledge first: Discord allows 3 s, and downloading a photo can take longer.
         await interaction.response.defer(ephemeral=True, thinking=True)

@@ -400,3 +400,15 @@ async def test_an_oversized_file_is_refused_without_downloading_it(env: Env) -> 
     assert "the limit is" in reply and "MB" in reply
     assert env.discord.cdn_requests() == []
     assert env.provider.requests == []
+
+
+async def test_shutdown_lets_a_command_in_progress_finish(env: Env) -> None:
+    env.provider.fail_next("POST", delay=1.5)  # the submit is in flight when we stop
+    async with started(env):
+        interaction = await env.animate()
+        await env.discord.wait_for(
+            lambda: any(r.method == "POST" for r in env.provider.requests), timeout=15
+        )
+    # The bot has closed: the submit completed and the requester heard back.
+    assert len(env.provider.jobs) == 1
+    assert any("Started" in m.content for m in interaction.responses())
