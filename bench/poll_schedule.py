@@ -57,12 +57,15 @@ class TimedDelivery:
     async def find_delivered(self, job: Job) -> int | None:
         return None
 
-    async def post_video(self, job: Job, video: DownloadedVideo) -> int:
+    def _delivered(self, job: Job) -> int:
         self.delivered_at[job.id] = self.clock.seconds()
         return job.id
 
+    async def post_video(self, job: Job, video: DownloadedVideo) -> int:
+        return self._delivered(job)
+
     async def post_link(self, job: Job, url: str, reason: str) -> int:
-        return await self.post_video(job, None)  # type: ignore[arg-type]
+        return self._delivered(job)
 
     async def post_failure(self, job: Job, reason: str) -> int:
         raise AssertionError(f"job {job.id} failed: {reason}")

@@ -101,9 +101,7 @@ class Settings:
             ),
             "dev_guild_id": reader.optional("DEV_GUILD_ID", _snowflake),
             "default_model": reader.get("DEFAULT_MODEL", cls.default_model, _model_id),
-            "default_resolution": reader.get(
-                "DEFAULT_RESOLUTION", cls.default_resolution, _nonempty
-            ),
+            "default_resolution": reader.get("DEFAULT_RESOLUTION", cls.default_resolution, str),
             "default_duration": reader.get("DEFAULT_DURATION", cls.default_duration, _positive_int),
             "poll_tick_seconds": reader.get(
                 "POLL_TICK_SECONDS", cls.poll_tick_seconds, _positive_float
@@ -198,7 +196,9 @@ class _Reader:
         def parse(raw: str) -> str:
             scheme, sep, rest = raw.partition("://")
             if not sep or scheme.lower() not in schemes or not rest:
-                raise ValueError(f"must be a {' or '.join(schemes)} URL, got {_redact(raw)!r}")
+                raise ValueError(
+                    f"must be a {' or '.join(schemes)} URL, got {mask_url_password(raw)!r}"
+                )
             return raw.rstrip("/") if scheme.lower() in ("http", "https") else raw
 
         return self.get(name, default, parse)
@@ -213,14 +213,6 @@ class _Reader:
             raise ValueError("must start with sqlite:// or postgres(ql)://")
 
         return self.get(name, DEFAULT_DATABASE_URL, parse)
-
-
-def _redact(raw: str) -> str:
-    return mask_url_password(raw)
-
-
-def _nonempty(raw: str) -> str:
-    return raw
 
 
 def _positive_int(raw: str) -> int:

@@ -122,7 +122,12 @@ class PreparedImage:
     """Size of the user's image after EXIF orientation."""
 
     def data_uri(self) -> str:
-        return "data:image/jpeg;base64," + base64.b64encode(self.jpeg).decode("ascii")
+        return jpeg_data_uri(self.jpeg)
+
+
+def jpeg_data_uri(jpeg: bytes) -> str:
+    """A JPEG as the provider takes it: a data URI in `image_url` (contract §2)."""
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 # --- format sniffing ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The job service: accept → fit → record → submit → poll → deliver, exactly once.
 
-Discord-free. The cog calls `prepare()` and `start()`; the background loop calls `run_due()`;
+Discord-free. The cog calls `prepare()`, `record()`, `set_conversation()` and `submit()`; the
+background loop calls `run_due()`;
 results go out through a `Delivery` that the Discord layer implements. Time comes from an
 injectable clock so tests and benchmarks never sleep.
 """
@@ -8,7 +9,6 @@ injectable clock so tests and benchmarks never sleep.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import math
 import random
@@ -36,7 +36,14 @@ from bot.errors import (
     VideoTooLarge,
     user_message,
 )
-from bot.imaging import FitMode, ImageLimits, OrientationChoice, PreparedImage, prepare_image
+from bot.imaging import (
+    FitMode,
+    ImageLimits,
+    OrientationChoice,
+    PreparedImage,
+    jpeg_data_uri,
+    prepare_image,
+)
 from bot.jobs import Job, JobState, NewJob, Outcome
 from bot.provider import DownloadedVideo, GenerationState, ProviderClient
 from bot.store import JobStore
@@ -673,11 +680,6 @@ class JobService:
             await delivery.show_status(job)
         except Exception:
             log.warning("job %s: could not update the status message", job.id, exc_info=True)
-
-
-def jpeg_data_uri(jpeg: bytes) -> str:
-    """The fitted frame as the provider takes it: a data URI in `image_url` (contract §2)."""
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
 
 
 def _too_large_reason(limit: int) -> str:

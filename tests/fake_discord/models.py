@@ -9,7 +9,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 DISCORD_EPOCH_MS = 1420070400000
 
@@ -447,6 +450,20 @@ class RecordedRequest:
     status: int | None = None
     injected: bool = False
     """True when the answer came from ``fail_next``."""
+
+    @classmethod
+    def arriving(cls, request: web.Request, path: str) -> RecordedRequest:
+        """The record of a request as it arrives (body and outcome are filled in later)."""
+        return cls(
+            method=request.method,
+            path=path,
+            query=dict(request.query),
+            headers=dict(request.headers),
+            json=None,
+            files=[],
+            received_at=time.monotonic(),
+            timestamp=utcnow(),
+        )
 
     @property
     def authorized(self) -> bool:

@@ -245,16 +245,7 @@ class RestApi:
         """Entry point for every ``/api/v*/...`` request."""
         fake = self.fake
         path = "/" + request.match_info["tail"]
-        record = RecordedRequest(
-            method=request.method,
-            path=path,
-            query=dict(request.query),
-            headers=dict(request.headers),
-            json=None,
-            files=[],
-            received_at=time.monotonic(),
-            timestamp=utcnow(),
-        )
+        record = RecordedRequest.arriving(request, path)
         fake.recorded_requests.append(record)
         try:
             record.json, record.files = await _read_body(request)

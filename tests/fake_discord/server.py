@@ -728,16 +728,7 @@ class FakeDiscord:
 
     async def _cdn(self, request: web.Request) -> web.StreamResponse:
         path = "/cdn/" + request.match_info["tail"]
-        record = RecordedRequest(
-            method=request.method,
-            path=path,
-            query=dict(request.query),
-            headers=dict(request.headers),
-            json=None,
-            files=[],
-            received_at=time.monotonic(),
-            timestamp=utcnow(),
-        )
+        record = RecordedRequest.arriving(request, path)
         self.recorded_cdn_requests.append(record)
         injected = self.take_failure(request.method, path)
         if injected is not None:
