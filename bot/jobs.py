@@ -102,6 +102,16 @@ class Job:
     finished_at: datetime | None
     """When the outcome became known (provider completed/failed, or we gave up)."""
     delivered_at: datetime | None
+    submit_worker: str | None = None
+    """The worker holding the submit lease (next_poll_at is when it runs out)."""
+    submit_sent_at: datetime | None = None
+    """When a submit request last went out; the provider may have a job from then on."""
+    last_checked_at: datetime | None = None
+    """When the provider was last asked about the job (or it was submitted)."""
+    waited_seconds: float = 0.0
+    """Time counted against JOB_TIMEOUT_SECONDS; the bot's own downtime is not counted."""
+    delivery_note: str | None = None
+    """What happened while posting (the thread was gone, posted elsewhere), for the status."""
 
     @property
     def delivery_channel_id(self) -> int:

@@ -156,6 +156,11 @@ jobs = sa.Table(
     sa.Column("submitted_at", UTCDateTime(), nullable=True),
     sa.Column("finished_at", UTCDateTime(), nullable=True),
     sa.Column("delivered_at", UTCDateTime(), nullable=True),
+    sa.Column("submit_worker", sa.Text(), nullable=True),
+    sa.Column("submit_sent_at", UTCDateTime(), nullable=True),
+    sa.Column("last_checked_at", UTCDateTime(), nullable=True),
+    sa.Column("waited_seconds", sa.Double(), nullable=False, server_default="0"),
+    sa.Column("delivery_note", sa.Text(), nullable=True),
     # The loop's hot queries: due polls by time, and the per-user quota.
     sa.Index("ix_jobs_state_next_poll_at", "state", "next_poll_at"),
     sa.Index("ix_jobs_requester_id_state", "requester_id", "state"),
