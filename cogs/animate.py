@@ -296,7 +296,9 @@ class Animate(commands.Cog):
         return f"Follow along in {thread.mention}.", thread.id, status.id
 
     async def cog_app_command_error(
-        self, interaction: discord.Interaction[AnimateBot], error: app_commands.AppCommandError
+        self,
+        interaction: discord.Interaction[AnimateBot],  # type: ignore[override]
+        error: app_commands.AppCommandError,
     ) -> None:
         """The one place an /animate failure becomes words for the user."""
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error

@@ -151,18 +151,18 @@ class DiscordDelivery:
     async def _send(
         self, job: Job, content: str, embed: discord.Embed, file: discord.File | None = None
     ) -> int:
-        kwargs: dict[str, object] = {}
-        if file is not None:
-            kwargs["file"] = file
-        message = await self._channel(job.delivery_channel_id).send(
-            content,
-            embed=embed,
-            allowed_mentions=requester_only(job),
-            # Discord drops a second message with the same nonce (enforce_nonce), a second
-            # guard against double posting besides the claim in the store.
-            nonce=f"animate-result-{job.id}",
-            **kwargs,  # type: ignore[arg-type]
-        )
+        channel = self._channel(job.delivery_channel_id)
+        # Discord drops a second message with the same nonce (enforce_nonce), a second guard
+        # against double posting besides the claim in the store.
+        nonce = f"animate-result-{job.id}"
+        if file is None:
+            message = await channel.send(
+                content, embed=embed, allowed_mentions=requester_only(job), nonce=nonce
+            )
+        else:
+            message = await channel.send(
+                content, embed=embed, file=file, allowed_mentions=requester_only(job), nonce=nonce
+            )
         return message.id
 
     async def post_video(self, job: Job, video: DownloadedVideo) -> int:
