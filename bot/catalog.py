@@ -1,7 +1,7 @@
 """The image-to-video models the bot can use, as data, and the request each one accepts.
 
-Facts come from ../shared/reference/aiml-i2v-catalog.md (schemas at aimlapi/api-docs f14fa72) and
-aiml-contract.md. Requests are built only from an entry here, so a request whose shape the
+Facts come from docs/aiml-i2v-catalog.md (schemas at aimlapi/api-docs f14fa72) and
+docs/aiml-contract.md. Requests are built only from an entry here, so a request whose shape the
 provider would reject is never sent (and never paid for). To switch a server to another model,
 set DEFAULT_MODEL to one of these ids.
 """

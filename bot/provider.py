@@ -1,4 +1,4 @@
-"""Client for the AI/ML API video endpoints (contract: ../shared/reference/aiml-contract.md).
+"""Client for the AI/ML API video endpoints (contract: docs/aiml-contract.md).
 
 Three calls: `submit` (POST /v2/video/generations), `fetch` (GET ...?generation_id=) and
 `download` (GET the public video link). Every HTTP or transport problem becomes a typed

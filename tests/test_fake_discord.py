@@ -10,6 +10,7 @@ import sys
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import aiohttp
 import discord
@@ -21,13 +22,17 @@ from discord.ext import commands
 from tests.fake_discord import (
     CREATE_PUBLIC_THREADS,
     DEFAULT_BOT_PERMISSIONS,
+    DEFAULT_OPENAPI_SPEC,
     PRIVILEGED_INTENTS,
     FakeDiscord,
     FakeInteraction,
+    SpecUnavailable,
 )
 from tests.fake_discord.harness import run_bot
 
 pytestmark = pytest.mark.asyncio
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def png(width: int, height: int) -> bytes:
@@ -357,6 +362,44 @@ async def test_openapi_violations_are_caught(fake: FakeDiscord) -> None:
             assert response.status == 404
     assert "$.content" in fake.openapi_violations[1]
     assert fake.unhandled_routes == ["GET /nope"]
+
+
+async def test_the_spec_shipped_in_the_repository_reports_invalid_bodies(
+    fake: FakeDiscord,
+) -> None:
+    # The document is inside the repository, so a fresh clone validates as much as we do here.
+    assert REPO in DEFAULT_OPENAPI_SPEC.parents and DEFAULT_OPENAPI_SPEC.is_file()
+    world = build_world(fake)
+    headers = {"Authorization": f"Bot {fake.bot_token}"}
+    url = f"{fake.rest_base_url}/channels/{world.channel_id}/messages"
+    async with aiohttp.ClientSession(headers=headers) as session:
+        async with session.post(url, json={"content": "fine"}) as response:
+            assert response.status == 200
+        assert fake.openapi_violations == []
+        invalid = {"content": "hi", "tts": "yes", "embeds": [{"title": "t" * 257}]}
+        async with session.post(url, json=invalid) as response:
+            assert response.status == 200  # Discord-shaped answer; the test sees the violation
+    assert sorted(v.split(": ")[1] for v in fake.openapi_violations) == [
+        "$.embeds[0].title",
+        "$.tts",
+    ]
+
+
+async def test_a_missing_spec_stops_the_fake_instead_of_validating_nothing(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(SpecUnavailable, match=r"missing-openapi\.json"):
+        FakeDiscord(openapi_spec=tmp_path / "missing-openapi.json")
+
+
+async def test_a_damaged_spec_stops_the_fake(tmp_path: Path) -> None:
+    truncated = tmp_path / "openapi.json.gz"
+    truncated.write_bytes(DEFAULT_OPENAPI_SPEC.read_bytes()[:4096])
+    not_openapi = tmp_path / "openapi.json"
+    not_openapi.write_text('{"openapi": "3.1.0"}')
+    for path in (truncated, not_openapi):
+        with pytest.raises(SpecUnavailable, match=path.name):
+            FakeDiscord(openapi_spec=path)
 
 
 async def test_unsynced_command_is_refused(fake: FakeDiscord) -> None:

@@ -30,6 +30,7 @@ from .models import (
     RecordedRequest,
     UploadedFile,
 )
+from .openapi import SpecUnavailable
 from .server import DEFAULT_OPENAPI_SPEC, FakeDiscord
 
 __all__ = [
@@ -52,5 +53,6 @@ __all__ = [
     "Mentions",
     "MessageVersion",
     "RecordedRequest",
+    "SpecUnavailable",
     "UploadedFile",
 ]

@@ -1,13 +1,16 @@
 """Request-body validation against Discord's OpenAPI 3.1 document (discord/discord-api-spec).
 
-The document is loaded once per process and path; one validator per operation is compiled on
-first use. Schemas are JSON Schema 2020-12, resolved through a `referencing` registry holding the
-whole document, so ``#/components/schemas/...`` references work from any operation.
+The document ships with the fake (``discord-openapi.json.gz``, provenance in SPEC.md). It is
+loaded once per process and path, and a missing or broken one raises SpecUnavailable rather than
+validating nothing. One validator per operation is compiled on first use. Schemas are JSON
+Schema 2020-12, resolved through a `referencing` registry holding the whole document, so
+``#/components/schemas/...`` references work from any operation.
 """
 
 from __future__ import annotations
 
 import copy
+import gzip
 import json
 import threading
 from collections import defaultdict
@@ -168,14 +171,31 @@ def normalise_known_deviations(body: Any) -> Any:
     return body
 
 
-def load_spec(path: Path) -> OpenApiSpec | None:
-    """The spec at ``path`` (cached per process), or None when the file does not exist."""
+class SpecUnavailable(RuntimeError):
+    """The OpenAPI document could not be loaded; the fake refuses to run without it."""
+
+
+def load_spec(path: Path) -> OpenApiSpec:
+    """The spec at ``path`` (plain or ``.gz`` JSON, cached per process).
+
+    Raises SpecUnavailable when the file is missing, unreadable or not an OpenAPI document:
+    without it every "no violations" assertion would silently check nothing.
+    """
     resolved = path.resolve()
     with _LOCK:
         if resolved in _SPECS:
             return _SPECS[resolved]
-        if not resolved.is_file():
-            return None
-        spec = OpenApiSpec(json.loads(resolved.read_text(encoding="utf-8")))
+        try:
+            raw = resolved.read_bytes()
+            if resolved.suffix == ".gz":
+                raw = gzip.decompress(raw)
+            document = json.loads(raw)
+        except (OSError, EOFError, ValueError) as exc:
+            raise SpecUnavailable(
+                f"cannot load Discord's OpenAPI document from {resolved}: {exc}"
+            ) from exc
+        if not isinstance(document, dict) or not isinstance(document.get("paths"), dict):
+            raise SpecUnavailable(f"{resolved} is not an OpenAPI document (no 'paths')")
+        spec = OpenApiSpec(document)
         _SPECS[resolved] = spec
         return spec

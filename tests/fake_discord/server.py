@@ -33,10 +33,8 @@ from .openapi import OpenApiSpec, load_spec
 from .rest import RestApi, json_response
 from .world import CommandRegistry, World
 
-DEFAULT_OPENAPI_SPEC = (
-    Path(__file__).resolve().parent / "../../../shared/reference/discord-openapi.json"
-).resolve()
-"""Discord's OpenAPI document, when the repository sits beside the shared reference folder."""
+DEFAULT_OPENAPI_SPEC = Path(__file__).resolve().parent / "discord-openapi.json.gz"
+"""Discord's OpenAPI document, shipped with the fake (source and version in SPEC.md)."""
 
 DEFAULT_RETRY_AFTER = 0.05
 
@@ -59,7 +57,7 @@ class FakeDiscord:
         *,
         ack_deadline: float = 3.0,
         token_lifetime: float = 900.0,
-        openapi_spec: Path | None = DEFAULT_OPENAPI_SPEC,
+        openapi_spec: Path = DEFAULT_OPENAPI_SPEC,
     ) -> None:
         self.ack_deadline = ack_deadline
         self.token_lifetime = token_lifetime
@@ -67,7 +65,8 @@ class FakeDiscord:
         app_part = base64.b64encode(str(self.world.application_id).encode()).decode().rstrip("=")
         self._bot_token = f"{app_part}.fake.{secrets.token_urlsafe(27)}"
         self.gateway = GatewayHub(self.world, token=self._bot_token, url=lambda: self.gateway_url)
-        self.openapi: OpenApiSpec | None = load_spec(openapi_spec) if openapi_spec else None
+        # Raises SpecUnavailable: a fake that cannot validate must not run at all.
+        self.openapi: OpenApiSpec = load_spec(openapi_spec)
         self.openapi_violations: list[str] = []
         """Problems found validating request bodies against the OpenAPI spec."""
         self.internal_errors: list[str] = []
@@ -522,7 +521,7 @@ class FakeDiscord:
 
     def validate_body(self, method: str, template: str, body: Any) -> None:
         """Validate a request body against the spec; record problems."""
-        if self.openapi is None or body is None:
+        if body is None:
             return
         self.openapi_violations.extend(self.openapi.validate(method, template, body))
 
