@@ -38,9 +38,24 @@ SEED = 7
 class SimClock:
     def __init__(self) -> None:
         self.moment = datetime(2026, 1, 1, tzinfo=UTC)
+        self._sleepers: list[tuple[datetime, asyncio.Future[None]]] = []
 
     def now(self) -> datetime:
         return self.moment
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait until the simulation has moved `seconds` on (lease renewals sleep on the clock)."""
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((self.moment + timedelta(seconds=seconds), woken))
+        await woken
+
+    def advance(self, seconds: float) -> None:
+        self.moment += timedelta(seconds=seconds)
+        due = [entry for entry in self._sleepers if entry[0] <= self.moment]
+        for entry in due:
+            self._sleepers.remove(entry)
+            if not entry[1].done():
+                entry[1].set_result(None)
 
     def seconds(self) -> float:
         return self.moment.timestamp()
@@ -122,7 +137,7 @@ async def simulate(fixed: bool) -> dict[str, float]:
                 completes_at[job.id] = clock.seconds() + after
             while len(delivery.delivered_at) < JOBS:
                 await service.run_due(delivery)
-                clock.moment += timedelta(seconds=settings.poll_tick_seconds)
+                clock.advance(settings.poll_tick_seconds)
         await store.close()
     await provider.close()
     polls = sum(1 for r in provider.requests if r.method == "GET" and "generations" in r.path)
