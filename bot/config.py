@@ -16,6 +16,8 @@ from bot.errors import ConfigError
 T = TypeVar("T")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./data/animate.db"
+# Where AI/ML API result videos are documented to live (aiml-contract §4, §8).
+DEFAULT_VIDEO_URL_HOSTS: tuple[str, ...] = ("cdn.aimlapi.com",)
 
 
 class Secret:
@@ -46,6 +48,8 @@ class Settings:
     discord_token: Secret = field(repr=False)
     aimlapi_key: Secret = field(repr=False)
     aimlapi_base_url: str = "https://api.aimlapi.com"
+    # Hosts (and their subdomains) besides AIMLAPI_BASE_URL's that may serve result videos.
+    video_url_hosts: tuple[str, ...] = DEFAULT_VIDEO_URL_HOSTS
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
     discord_api_base_url: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
@@ -92,6 +96,7 @@ class Settings:
             "aimlapi_base_url": reader.url(
                 "AIMLAPI_BASE_URL", cls.aimlapi_base_url, ("http", "https")
             ),
+            "video_url_hosts": reader.get("VIDEO_URL_HOSTS", cls.video_url_hosts, _host_suffixes),
             "database_url": reader.database_url("DATABASE_URL"),
             "discord_api_base_url": reader.url(
                 "DISCORD_API_BASE_URL", cls.discord_api_base_url, ("http", "https")
@@ -233,6 +238,34 @@ def _positive_float(raw: str) -> float:
     if not value > 0:
         raise ValueError(f"must be greater than 0, got {raw}")
     return value
+
+
+def _host_suffixes(raw: str) -> tuple[str, ...]:
+    hosts: list[str] = []
+    for entry in raw.split(","):
+        host = entry.strip().lower().strip(".")
+        if not host:
+            continue
+        labels = host.split(".")
+        # Two labels at least: a bare "com" would let every .com site serve "videos".
+        if len(labels) < 2 or labels[-1].isdigit() or not all(map(_is_dns_label, labels)):
+            raise ValueError(
+                f"must be comma-separated host names such as cdn.aimlapi.com, got {entry.strip()!r}"
+            )
+        hosts.append(host)
+    if not hosts:
+        raise ValueError("must name at least one host")
+    return tuple(hosts)
+
+
+def _is_dns_label(label: str) -> bool:
+    return (
+        0 < len(label) <= 63
+        and label.isascii()
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isalnum() or c == "-" for c in label)
+    )
 
 
 def _snowflake(raw: str) -> int:

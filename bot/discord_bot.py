@@ -72,7 +72,10 @@ class AnimateBot(commands.Bot):
         self.session = aiohttp.ClientSession(timeout=timeout)
         self.store = await JobStore.open(self.settings.database_url)
         provider = ProviderClient(
-            self.session, base_url=self.settings.aimlapi_base_url, api_key=self.settings.aimlapi_key
+            self.session,
+            base_url=self.settings.aimlapi_base_url,
+            api_key=self.settings.aimlapi_key,
+            video_hosts=self.settings.video_url_hosts,
         )
         self.service = JobService(
             settings=self.settings, store=self.store, provider=provider, clock=self._clock

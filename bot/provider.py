@@ -20,27 +20,42 @@ Retry rules, and why:
   was sent may hide a created job, so those raise at once. A 504 on submit is the provider's
   "Generation timeout" and becomes ProviderTimeout.
 
-The API key is sent only to `base_url`, never to the video link (a public CDN URL), and is
-scrubbed from any provider text before it reaches an exception or a log line.
+The API key is sent only to `base_url`, never to the video link (a public CDN URL). Every text
+the provider sends (bodies, statuses, error messages, ids, links) is scrubbed of the key as soon
+as it is read, before it is parsed, clipped, stored, logged or shown.
+
+The video link comes from the provider and is not trusted (SSRF): `download` fetches only from
+the provider's own hosts (`VideoUrlPolicy`: the AIMLAPI_BASE_URL host plus VIDEO_URL_HOSTS), over
+https, follows redirects itself (each hop checked, at most `MAX_REDIRECTS`), connects only to
+public addresses (checked on the resolved addresses the connection really uses, so a DNS answer
+that changes between check and connect cannot slip through), and keeps the file only when it
+starts like an mp4. A local provider (an http://127.0.0.1 base URL, as in the tests) may serve
+its own links over http from its own address; nothing else on that machine is reachable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import ipaddress
 import json
 import logging
 import os
 import pathlib
 import random as _random
+import socket
 import tempfile
-from collections.abc import Awaitable, Callable, Mapping
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, NoReturn, TypeVar
 
 import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from yarl import URL
 
-from bot.config import Secret
+from bot.config import DEFAULT_VIDEO_URL_HOSTS, Secret
 from bot.errors import (
     ProviderAuthError,
     ProviderCreditsError,
@@ -73,6 +88,158 @@ _MESSAGE_LIMIT = 1000
 _LOG_BODY_LIMIT = 200
 _CHUNK_SIZE = 64 * 1024
 _GENERIC_MESSAGE = "the video service returned no error message"
+_SCRUBBED = "********"
+
+MAX_REDIRECTS = 5
+"""Redirect hops `download` follows from the result link (each one checked) before giving up."""
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+_LOCAL_HOST_NAMES = frozenset({"localhost", "localhost.localdomain"})
+# Shown to members (via user_message), so it names no host: the log line has the detail.
+_REFUSED_MESSAGE = "the video link does not point to the video service's own servers"
+_MP4_MAGIC = b"ftyp"
+
+
+class VideoLinkRefused(ProviderError):
+    """The result link, or a redirect from it, leads outside the provider's own hosts, over
+    plain http, or to a private/loopback address. Nothing was fetched from there; the link
+    should not be shown to members either (`ProviderClient.video_url_allowed`)."""
+
+
+class NotAVideo(ProviderError):
+    """The result link served something that does not start like an mp4 (no `ftyp` box)."""
+
+
+@dataclass(frozen=True)
+class VideoUrlPolicy:
+    """Which links `download` may fetch. Pure, so it can be tested without a network.
+
+    Allowed: https on port 443 to a host equal to, or under, one of `host_suffixes`; or the
+    provider's own origin (scheme, host and port of AIMLAPI_BASE_URL). Plain http only for that
+    origin and only when the base URL itself is http. No user:password in links, and never an
+    address that is not public, unless the base URL itself is a loopback/private address or
+    `localhost` (a local provider, as in the tests) and the link is on that very origin.
+    """
+
+    base_scheme: str
+    base_host: str
+    base_port: int
+    host_suffixes: tuple[str, ...]
+    local_provider: bool
+
+    @classmethod
+    def build(cls, base_url: str, host_suffixes: Iterable[str]) -> VideoUrlPolicy:
+        base = URL(base_url)
+        host = _normal_host(base.raw_host or "")
+        if base.scheme not in ("http", "https") or not host or base.port is None:
+            raise ValueError("the provider base URL must be an absolute http(s) URL")
+        suffixes = tuple(sorted({_normal_host(h) for h in host_suffixes if _normal_host(h)}))
+        address = _ip_or_none(host)
+        local = host in _LOCAL_HOST_NAMES or (address is not None and not _is_public(address))
+        return cls(base.scheme, host, base.port, suffixes, local)
+
+    def refusal(self, url: URL) -> str | None:
+        """Why `url` may not be fetched (words for logs), or None when it may."""
+        if not url.absolute or url.scheme not in ("http", "https"):
+            return "not an absolute http(s) link"
+        if url.user is not None or url.password is not None:
+            return "the link carries credentials"
+        host = _normal_host(url.raw_host or "")
+        port = url.port
+        if self.is_provider_origin(url.scheme, host, port):
+            return None
+        if url.scheme != "https":
+            return "plain http outside the provider's own origin"
+        if not self._under_suffix(host):
+            return f"host {host!r} is not one of the provider's hosts"
+        if port != 443:
+            return f"port {port} on a CDN host"
+        address = _ip_or_none(host)
+        if address is not None and not _is_public(address):
+            return f"address {address} is not public"
+        return None
+
+    def is_provider_origin(self, scheme: str, host: str, port: int | None) -> bool:
+        return (scheme, _normal_host(host), port) == (
+            self.base_scheme,
+            self.base_host,
+            self.base_port,
+        )
+
+    def trusts_any_address(self, host: str, port: int) -> bool:
+        """A local provider's own origin may live on a loopback or private address."""
+        return (
+            self.local_provider and _normal_host(host) == self.base_host and port == self.base_port
+        )
+
+    def _under_suffix(self, host: str) -> bool:
+        return any(host == s or host.endswith("." + s) for s in self.host_suffixes)
+
+
+def _normal_host(host: str) -> str:
+    # One trailing dot names the same host; case never matters in DNS.
+    return host.strip().lower().rstrip(".").lstrip(".")
+
+
+def _ip_or_none(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return None
+
+
+def _is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        # ::ffff:127.0.0.1 and 2002:7f00:1:: reach IPv4 addresses; judge those instead.
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return _is_public(embedded)
+    return address.is_global and not address.is_multicast
+
+
+class _AddressRefused(OSError):
+    """Raised by the guarded resolver; aiohttp wraps OSErrors as ClientConnectorDNSError."""
+
+    def __init__(self, host: str, addresses: list[str]) -> None:
+        super().__init__(f"{host} resolves to non-public addresses {', '.join(addresses)}")
+        self.host = host
+
+
+class _GuardedResolver(AbstractResolver):
+    """Checks every address a download is about to connect to.
+
+    aiohttp connects to exactly the addresses its resolver returns, so checking them here (and
+    not in a separate look-up before the request) leaves no window for a DNS answer that
+    changes in between (DNS rebinding). Links with an IP literal skip resolvers entirely; the
+    policy checks those itself.
+    """
+
+    def __init__(
+        self, inner: AbstractResolver, policy: VideoUrlPolicy, *, owns_inner: bool
+    ) -> None:
+        self._inner = inner
+        self._policy = policy
+        self._owns_inner = owns_inner
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if self._policy.trusts_any_address(host, port):
+            return results
+        refused = [r["host"] for r in results if not _public_text(r["host"])]
+        if refused or not results:
+            # One bad address taints the answer: refuse rather than pick the good ones.
+            raise _AddressRefused(host, refused)
+        return results
+
+    async def close(self) -> None:
+        if self._owns_inner:
+            await self._inner.close()
+
+
+def _public_text(host: str) -> bool:
+    address = _ip_or_none(host)
+    return address is not None and _is_public(address)
 
 
 @dataclass(frozen=True)
@@ -138,7 +305,12 @@ class ProviderClient:
         retry: RetryPolicy = RetryPolicy(),  # frozen, so one shared default is safe
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         random: Callable[[], float] = _random.random,
+        video_hosts: Iterable[str] = DEFAULT_VIDEO_URL_HOSTS,
+        resolver: Callable[[], AbstractResolver] | None = None,
     ) -> None:
+        """`video_hosts`: host suffixes (besides the base URL's host) that may serve result
+        links (VIDEO_URL_HOSTS). `resolver` makes the DNS resolver downloads use (a test seam;
+        default: aiohttp's), whose answers are checked before any connection is made."""
         if retry.attempts < 1:
             raise ValueError("RetryPolicy.attempts must be at least 1")
         self._session = session
@@ -147,6 +319,8 @@ class ProviderClient:
         self._retry = retry
         self._sleep = sleep
         self._random = random
+        self._video_policy = VideoUrlPolicy.build(self._base_url, video_hosts)
+        self._resolver_factory = resolver
 
     def __repr__(self) -> str:
         return f"ProviderClient(base_url={self._base_url!r})"
@@ -170,13 +344,17 @@ class ProviderClient:
                 async with self._session.post(
                     self._endpoint, json=body, headers=self._api_headers()
                 ) as resp:
-                    reply = _Reply(resp.status, await _read_text(resp))
+                    reply = _Reply(resp.status, self._scrub(await _read_text(resp)))
             except aiohttp.ClientConnectorCertificateError as exc:
                 # A certificate problem will not fix itself in a second.
-                raise ProviderUnavailable(f"TLS certificate rejected: {exc}") from exc
+                raise ProviderUnavailable(
+                    f"TLS certificate rejected: {self._scrub(str(exc))}"
+                ) from exc
             except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                 # The connection never opened, so nothing was sent and no job exists.
-                error = ProviderUnavailable(f"could not connect to the video service: {exc}")
+                error = ProviderUnavailable(
+                    f"could not connect to the video service: {self._scrub(str(exc))}"
+                )
                 if attempt + 1 >= attempts:
                     raise error from exc
                 await self._backoff("POST", attempt, f"connect failed ({type(exc).__name__})")
@@ -184,7 +362,7 @@ class ProviderClient:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The request may have reached the provider: the job may exist. Never resend.
                 raise ProviderUnavailable(
-                    f"the connection failed after the request was sent ({_describe(exc)}); "
+                    f"the connection failed after the request was sent ({self._describe(exc)}); "
                     "the job may or may not exist, so it was not resubmitted"
                 ) from exc
             if reply.status == 429 and attempt + 1 < attempts:
@@ -206,7 +384,7 @@ class ProviderClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _parse_created(self, reply: _Reply) -> GenerationState:
-        data = _json_or_none(reply.text)
+        data = self._decode(reply.text)
         if not isinstance(data, dict):
             self._log_reply("POST", reply)
             raise ProviderError(
@@ -227,7 +405,7 @@ class ProviderClient:
         if data.get("status") is None:
             # The job exists (it has an id); assume it is queued and let polling tell the truth.
             data = {**data, "status": "queued"}
-        return parse_generation(data, generation_id=generation_id)
+        return self._scrub_state(parse_generation(data, generation_id=generation_id))
 
     # --- fetch ---------------------------------------------------------------------------------
 
@@ -242,7 +420,7 @@ class ProviderClient:
             if not 200 <= reply.status < 300:
                 self._log_reply("GET", reply)
                 raise self._http_error(reply, operation="poll")
-            data = _json_or_none(reply.text)
+            data = self._decode(reply.text)
             if not isinstance(data, dict) or _nonempty_str(data.get("status")) is None:
                 self._log_reply("GET", reply)
                 # The job probably still exists; a garbled answer is the provider's fault.
@@ -250,7 +428,7 @@ class ProviderClient:
                     "the video service returned a status response without a readable status",
                     status=reply.status,
                 )
-            return parse_generation(data, generation_id=generation_id)
+            return self._scrub_state(parse_generation(data, generation_id=generation_id))
 
         state = await self._with_retries("GET", attempt)
         log.debug("provider: %s is %s (%s)", state.id, state.status, state.kind)
@@ -263,13 +441,21 @@ class ProviderClient:
                 params={"generation_id": generation_id},  # aiohttp URL-encodes the ':' in ids
                 headers=self._api_headers(),
             ) as resp:
-                return _Reply(resp.status, await _read_text(resp))
+                return _Reply(resp.status, self._scrub(await _read_text(resp)))
         except aiohttp.ClientError as exc:
-            _raise_transport(exc)
+            self._raise_transport(exc)
         except TimeoutError as exc:
-            _raise_transport(exc)
+            self._raise_transport(exc)
 
     # --- download ------------------------------------------------------------------------------
+
+    def video_url_allowed(self, url: str) -> bool:
+        """Whether `download` would start fetching `url` (the link itself; redirects and DNS
+        answers are checked during the download). A refused link should not be posted either."""
+        try:
+            return self._video_policy.refusal(URL(url)) is None
+        except ValueError:
+            return False
 
     async def download(
         self, url: str, dest_dir: pathlib.Path, *, max_bytes: int
@@ -279,6 +465,8 @@ class ProviderClient:
         No Authorization header: the link is public, and the key must never reach a CDN.
         Raises VideoTooLarge (and leaves no file behind) past `max_bytes`, checking
         Content-Length first so an oversized file is refused without reading it.
+        Raises VideoLinkRefused when the link or a redirect leaves the provider's hosts
+        (module doc), and NotAVideo when the bytes are not an mp4; neither is retried.
         """
 
         async def attempt() -> DownloadedVideo:
@@ -291,26 +479,95 @@ class ProviderClient:
     async def _download_once(
         self, url: str, dest_dir: pathlib.Path, *, max_bytes: int
     ) -> DownloadedVideo:
+        current = self._checked_video_url(url, hop=0)
         try:
-            async with self._session.get(url, headers={"Accept": "video/*, */*"}) as resp:
-                if _retryable_status(resp.status) or not 200 <= resp.status < 300:
-                    reply = _Reply(resp.status, await _read_text(resp, limit=4096))
-                    self._log_reply("VIDEO", reply)
-                    error = self._download_error(reply)
-                    if _retryable_status(resp.status):
-                        raise _Retry(error, f"HTTP {resp.status}")
-                    raise error
-                declared = resp.content_length
-                if declared is not None and declared > max_bytes:
-                    log.info("provider: video declares %d bytes, limit %d", declared, max_bytes)
-                    raise VideoTooLarge(max_bytes)
-                return await _stream_to_file(resp, dest_dir, max_bytes=max_bytes)
-        except aiohttp.InvalidURL as exc:
-            raise ProviderError(f"the video link is not a valid URL: {exc}") from exc
+            async with self._video_session() as session:
+                for hop in range(1, MAX_REDIRECTS + 2):
+                    # Redirects are followed here, not by aiohttp, so every hop is checked.
+                    async with session.get(
+                        current, headers={"Accept": "video/*, */*"}, allow_redirects=False
+                    ) as resp:
+                        if resp.status in _REDIRECT_STATUSES:
+                            current = self._redirect_target(current, resp, hop=hop)
+                            continue
+                        return await self._save_video(resp, dest_dir, max_bytes=max_bytes)
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, _AddressRefused):
+                log.warning("provider: refused a video link: %s", self._scrub(str(exc.os_error)))
+                raise VideoLinkRefused(_REFUSED_MESSAGE) from None
+            self._raise_transport(exc)
+        except aiohttp.InvalidURL:
+            # The exception would repeat the link, which is the provider's text.
+            raise ProviderError("the video link is not a valid URL") from None
         except aiohttp.ClientError as exc:
-            _raise_transport(exc)
+            self._raise_transport(exc)
         except TimeoutError as exc:
-            _raise_transport(exc)
+            self._raise_transport(exc)
+        log.warning("provider: the video link redirected more than %d times", MAX_REDIRECTS)
+        raise VideoLinkRefused(f"the video link redirected more than {MAX_REDIRECTS} times")
+
+    async def _save_video(
+        self, resp: aiohttp.ClientResponse, dest_dir: pathlib.Path, *, max_bytes: int
+    ) -> DownloadedVideo:
+        if not 200 <= resp.status < 300:
+            reply = _Reply(resp.status, self._scrub(await _read_text(resp, limit=4096)))
+            self._log_reply("VIDEO", reply)
+            error = self._download_error(reply)
+            if _retryable_status(resp.status):
+                raise _Retry(error, f"HTTP {resp.status}")
+            raise error
+        declared = resp.content_length
+        if declared is not None and declared > max_bytes:
+            log.info("provider: video declares %d bytes, limit %d", declared, max_bytes)
+            raise VideoTooLarge(max_bytes)
+        video = await _stream_to_file(resp, dest_dir, max_bytes=max_bytes)
+        content_type = self._scrub(video.content_type) if video.content_type else None
+        return dataclasses.replace(video, content_type=content_type)
+
+    def _checked_video_url(self, url: str | URL, *, hop: int) -> URL:
+        try:
+            parsed = url if isinstance(url, URL) else URL(url)
+            reason = self._video_policy.refusal(parsed)
+        except ValueError:
+            parsed, reason = None, "not a valid URL"
+        if reason is not None or parsed is None:
+            where = "the video link" if hop == 0 else f"redirect {hop} of the video link"
+            log.warning("provider: refused %s: %s", where, self._scrub(reason or "invalid"))
+            raise VideoLinkRefused(_REFUSED_MESSAGE)
+        return parsed
+
+    def _redirect_target(self, current: URL, resp: aiohttp.ClientResponse, *, hop: int) -> URL:
+        location = resp.headers.get("Location", "").strip()
+        if not location:
+            raise ProviderError(
+                f"the video link answered HTTP {resp.status} without a Location", status=resp.status
+            )
+        try:
+            target = current.join(URL(location))
+        except ValueError:
+            target = None
+        if target is None:
+            raise VideoLinkRefused(_REFUSED_MESSAGE)
+        return self._checked_video_url(target, hop=hop)
+
+    @contextlib.asynccontextmanager
+    async def _video_session(self) -> AsyncIterator[aiohttp.ClientSession]:
+        """A session of its own per download: its resolver checks every address it connects
+        to, and it shares no cookies or connections with the API session."""
+        factory = self._resolver_factory
+        owns_inner = factory is None
+        inner = aiohttp.DefaultResolver() if factory is None else factory()
+        resolver = _GuardedResolver(inner, self._video_policy, owns_inner=owns_inner)
+        connector = aiohttp.TCPConnector(resolver=resolver, limit=2)
+        try:
+            async with aiohttp.ClientSession(
+                connector=connector,
+                timeout=self._session.timeout,
+                cookie_jar=aiohttp.DummyCookieJar(),
+            ) as session:
+                yield session
+        finally:
+            await resolver.close()
 
     def _download_error(self, reply: _Reply) -> ProviderError:
         message = self._message(reply.text)
@@ -353,8 +610,63 @@ class ProviderClient:
         )
         await self._sleep(delay)
 
+    # --- scrubbing: the key never leaves this client --------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        """Remove the key from provider text. Done before any clipping, so a key cut in half
+        by a length limit cannot leave its first characters behind."""
+        secret = self._api_key.reveal()
+        if not secret:
+            return text
+        text = text.replace(secret, _SCRUBBED)
+        quoted = urllib.parse.quote(secret, safe="")
+        return text.replace(quoted, _SCRUBBED) if quoted != secret else text
+
+    def _scrub_json(self, value: Any) -> Any:
+        # JSON escapes (\u0041...) hide the key from the raw-text scrub; the decoded strings
+        # show it.
+        if isinstance(value, str):
+            return self._scrub(value)
+        if isinstance(value, list):
+            return [self._scrub_json(v) for v in value]
+        if isinstance(value, dict):
+            return {self._scrub(str(k)): self._scrub_json(v) for k, v in value.items()}
+        return value
+
+    def _decode(self, text: str) -> Any:
+        return self._scrub_json(_json_or_none(text))
+
+    def _scrub_state(self, state: GenerationState) -> GenerationState:
+        """Every string of a GenerationState is stored, logged or shown by the job service."""
+        return dataclasses.replace(
+            state,
+            id=self._scrub(state.id),
+            status=self._scrub(state.status),
+            video_url=self._scrub(state.video_url) if state.video_url is not None else None,
+            error=self._scrub(state.error) if state.error is not None else None,
+        )
+
+    def _describe(self, exc: BaseException) -> str:
+        return self._scrub(_describe(exc))
+
+    def _raise_transport(self, exc: BaseException) -> NoReturn:
+        """Map a transport failure of a read-only call: retry the transient ones."""
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+            raise ProviderUnavailable(f"TLS certificate rejected: {self._scrub(str(exc))}") from exc
+        if isinstance(
+            exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | TimeoutError
+        ):
+            error = ProviderUnavailable(
+                f"the video service could not be reached ({self._describe(exc)})"
+            )
+            raise _Retry(error, type(exc).__name__) from exc
+        raise ProviderError(
+            f"the request to the video service failed ({self._describe(exc)})"
+        ) from exc
+
     def _message(self, text: str) -> str:
-        return _redact(provider_message(text), self._api_key)
+        # Scrubbed before provider_message clips it, and again for decoded JSON escapes.
+        return self._scrub(provider_message(self._scrub(text)))
 
     def _http_error(self, reply: _Reply, *, operation: Literal["submit", "poll"]) -> ProviderError:
         """The typed error for a non-2xx API answer, carrying the provider's message (§6)."""
@@ -386,7 +698,7 @@ class ProviderClient:
             "provider: %s answered HTTP %s: %s",
             label,
             reply.status,
-            _redact(_clip(reply.text, _LOG_BODY_LIMIT), self._api_key),
+            _clip(self._scrub(reply.text), _LOG_BODY_LIMIT),
         )
 
 
@@ -550,12 +862,6 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _redact(text: str, key: Secret) -> str:
-    # Defence in depth: should a provider ever echo the key, it still goes no further.
-    secret = key.reveal()
-    return text.replace(secret, "********") if secret else text
-
-
 def _retryable_status(status: int) -> bool:
     return status == 429 or status >= 500
 
@@ -563,16 +869,6 @@ def _retryable_status(status: int) -> bool:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _raise_transport(exc: BaseException) -> NoReturn:
-    """Map a transport failure of a read-only call: retry the transient ones."""
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        raise ProviderUnavailable(f"TLS certificate rejected: {exc}") from exc
-    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | TimeoutError):
-        error = ProviderUnavailable(f"the video service could not be reached ({_describe(exc)})")
-        raise _Retry(error, type(exc).__name__) from exc
-    raise ProviderError(f"the request to the video service failed ({_describe(exc)})") from exc
 
 
 async def _read_text(resp: aiohttp.ClientResponse, *, limit: int | None = None) -> str:
@@ -585,6 +881,7 @@ async def _stream_to_file(
 ) -> DownloadedVideo:
     handle, path = _open_temp(dest_dir)
     size = 0
+    head = b""
     try:
         with handle:
             async for chunk in resp.content.iter_chunked(_CHUNK_SIZE):
@@ -592,6 +889,11 @@ async def _stream_to_file(
                 if size > max_bytes:
                     log.info("provider: video passed the %d byte limit mid-stream", max_bytes)
                     raise VideoTooLarge(max_bytes)
+                if len(head) < 8:
+                    # Checked on the first bytes, so an HTML page is not read to the end.
+                    head += chunk[: 8 - len(head)]
+                    if len(head) == 8:
+                        _require_mp4(head, resp.status)
                 # A 64 KiB write lands in the page cache in microseconds; a thread hop per
                 # chunk would cost more than it saves.
                 handle.write(chunk)
@@ -600,11 +902,20 @@ async def _stream_to_file(
         with contextlib.suppress(OSError):
             path.unlink()
         raise
-    if size == 0:
+    if size == 0 or len(head) < 8:
         with contextlib.suppress(OSError):
             path.unlink()
-        raise ProviderError("the video link returned an empty file", status=resp.status)
+        if size == 0:
+            raise ProviderError("the video link returned an empty file", status=resp.status)
+        _require_mp4(head, resp.status)
     return DownloadedVideo(path=path, size=size, content_type=resp.content_type or None)
+
+
+def _require_mp4(head: bytes, status: int) -> None:
+    """An ISO BMFF file (mp4) opens with a box whose type, at offset 4, is `ftyp`."""
+    if head[4:8] != _MP4_MAGIC:
+        log.warning("provider: the video link served something that is not an mp4")
+        raise NotAVideo("the video link did not return an mp4 file", status=status)
 
 
 def _open_temp(dest_dir: pathlib.Path) -> tuple[BinaryIO, pathlib.Path]:

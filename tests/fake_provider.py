@@ -4,6 +4,16 @@ It listens on 127.0.0.1 (random port), checks the Bearer key, validates Sora bod
 answers errors with the §6 body, serves scripted §4 poll bodies and the finished mp4 from its own
 URL (no auth). Tests script it (`script_next_job`, `fail_next`) and inspect what it received
 (`jobs`, `requests`). Use the `fake_provider` fixture, or start one by hand.
+
+Result links (set through `script_next_job`, or on a `FakeJob` before it completes):
+
+* `trickle_every=N` (seconds, real time) serves the video `trickle_bytes` at a time with a pause
+  of N seconds after each chunk, Content-Length announced up front: a download that hangs.
+* `redirect_hops=n` hands out a link that redirects n times on this server before the video;
+  `redirect_to=URL` makes the file URL answer `redirect_status` (302) to URL instead, e.g. to an
+  `OutsideServer` (a stand-in for a metadata endpoint or another internal service).
+* `result_url=URL` hands out any link verbatim; `padded_video_url(job, length)` builds a link of
+  exactly `length` characters that this server still serves (a long signed-CDN-style URL).
 """
 
 from __future__ import annotations
@@ -122,6 +132,16 @@ class FakeJob:
     cursor: int = 0
     complete_after: float | None = None
     """Seconds after creation before "completed" may be served (None: the global setting)."""
+    result_url: str | None = None
+    """Handed out verbatim as the video link instead of this server's own (any URL)."""
+    redirect_hops: int = 0
+    """The handed-out link redirects this many times on this server before the file."""
+    redirect_to: str | None = None
+    """The file URL answers `redirect_status` with this Location instead of the video."""
+    redirect_status: int = 302
+    trickle_every: float | None = None
+    """Real seconds between chunks of the video (None: send it at once)."""
+    trickle_bytes: int = 1
 
 
 @dataclass
@@ -132,6 +152,8 @@ class _Script:
     video_shape: VideoShape
     post_body: Callable[[str], dict[str, Any]] | None
     complete_after: float | None = None
+    link: dict[str, Any] = field(default_factory=dict)
+    """FakeJob result-link fields (result_url, redirect_*, trickle_*)."""
 
 
 @dataclass
@@ -190,6 +212,7 @@ class FakeProvider:
         app.router.add_post(GENERATIONS_PATH, self._handle_post)
         app.router.add_get(GENERATIONS_PATH, self._handle_get)
         app.router.add_get("/files/{name}", self._handle_video)
+        app.router.add_get("/hop/{hops:\\d+}/{name}", self._handle_hop)
         # A short shutdown timeout: delayed handlers must not hold up test teardown.
         runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
         await runner.setup()
@@ -215,18 +238,34 @@ class FakeProvider:
         video_shape: VideoShape = "object",
         post_body: Callable[[str], dict[str, Any]] | None = None,
         complete_after: float | None = None,
+        result_url: str | None = None,
+        redirect_hops: int = 0,
+        redirect_to: str | None = None,
+        redirect_status: int = 302,
+        trickle_every: float | None = None,
+        trickle_bytes: int = 1,
     ) -> None:
         """The next created job answers polls with `statuses`, one per GET (the last repeats).
 
         Entries are status strings or whole body dicts (sent verbatim). `post_body(job_id)`
         replaces the POST answer (e.g. an already terminal status, or `generation_id`).
         `complete_after` holds "completed" back until that many seconds (on `clock`) after
-        creation.
+        creation. The link options are described in the module doc and on FakeJob.
         """
         if not statuses:
             raise ValueError("statuses must not be empty")
+        if trickle_bytes < 1 or redirect_hops < 0:
+            raise ValueError("trickle_bytes must be positive and redirect_hops not negative")
+        link = {
+            "result_url": result_url,
+            "redirect_hops": redirect_hops,
+            "redirect_to": redirect_to,
+            "redirect_status": redirect_status,
+            "trickle_every": trickle_every,
+            "trickle_bytes": trickle_bytes,
+        }
         self._scripts.append(
-            _Script(list(statuses), video, error, video_shape, post_body, complete_after)
+            _Script(list(statuses), video, error, video_shape, post_body, complete_after, link)
         )
 
     def fail_next(
@@ -269,7 +308,24 @@ class FakeProvider:
         return [r for r in self.requests if r.path.startswith("/files/")]
 
     def video_url(self, job: FakeJob) -> str:
+        """The link a completed poll hands out for `job` (see the module doc)."""
+        if job.result_url is not None:
+            return job.result_url
+        if job.redirect_hops > 0:
+            return f"{self.base_url}/hop/{job.redirect_hops}/{job.file_token}.mp4"
+        return self.file_url(job)
+
+    def file_url(self, job: FakeJob) -> str:
+        """Where the job's bytes are served (or, with `redirect_to`, redirected from)."""
         return f"{self.base_url}/files/{job.file_token}.mp4"
+
+    def padded_video_url(self, job: FakeJob, length: int) -> str:
+        """A link to the job's file of exactly `length` characters (a long query string, which
+        the file route ignores), for `result_url`."""
+        plain = self.file_url(job) + "?sig="
+        if length < len(plain) + 1:
+            raise ValueError(f"length must be at least {len(plain) + 1}")
+        return plain + "a" * (length - len(plain))
 
     # --- handlers ------------------------------------------------------------------------------
 
@@ -323,6 +379,7 @@ class FakeProvider:
             created_at=self.clock(),
             file_token=secrets.token_hex(8),
             complete_after=script.complete_after if script else None,
+            **(script.link if script else {}),
         )
         self.jobs[job.id] = job
         body = script.post_body(job.id) if script and script.post_body else None
@@ -396,8 +453,12 @@ class FakeProvider:
             if self.clock() - served_at > self.video_ttl:
                 # Like a signed CDN link past its expiry.
                 return web.Response(status=403, text="AccessDenied: Request has expired")
+        if job.redirect_to is not None:
+            raise _redirect(job.redirect_status, job.redirect_to)
         if fault is not None and fault.drop_connection:
             return await self._drop_mid_stream(request, job.video)
+        if job.trickle_every is not None:
+            return await self._trickle(request, job)
         if self.video_content_length:
             return web.Response(body=job.video, content_type="video/mp4")
         response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
@@ -406,6 +467,32 @@ class FakeProvider:
         for start in range(0, len(job.video), 16 * 1024):
             await response.write(job.video[start : start + 16 * 1024])
         await response.write_eof()
+        return response
+
+    async def _handle_hop(self, request: web.Request) -> web.StreamResponse:
+        self._record(request, None)
+        hops = int(request.match_info["hops"])
+        name = request.match_info["name"]
+        job = next((j for j in self.jobs.values() if f"{j.file_token}.mp4" == name), None)
+        if job is None:
+            return web.Response(status=404, text="NoSuchKey")
+        # Relative Locations, as CDNs often send them.
+        target = f"/hop/{hops - 1}/{name}" if hops > 1 else f"/files/{name}"
+        raise _redirect(job.redirect_status, target)
+
+    async def _trickle(self, request: web.Request, job: FakeJob) -> web.StreamResponse:
+        """A CDN that stalls: the whole length is announced, the bytes come very slowly."""
+        assert job.trickle_every is not None
+        response = web.StreamResponse(headers={"Content-Type": "video/mp4"})
+        response.content_length = len(job.video)
+        await response.prepare(request)
+        try:
+            for start in range(0, len(job.video), job.trickle_bytes):
+                await response.write(job.video[start : start + job.trickle_bytes])
+                await asyncio.sleep(job.trickle_every)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client gave up, which is what a trickle test wants to see
         return response
 
     # --- validation (§2) -----------------------------------------------------------------------
@@ -532,6 +619,48 @@ class FakeProvider:
         if request.transport is not None:
             request.transport.abort()
         return response
+
+
+def _redirect(status: int, location: str) -> web.HTTPException:
+    kinds: dict[int, type[web.HTTPMove]] = {
+        301: web.HTTPMovedPermanently,
+        302: web.HTTPFound,
+        303: web.HTTPSeeOther,
+        307: web.HTTPTemporaryRedirect,
+        308: web.HTTPPermanentRedirect,
+    }
+    return kinds[status](location=location)
+
+
+class OutsideServer:
+    """A server on 127.0.0.1 that is NOT the provider: a cloud metadata endpoint, an admin
+    page, another internal service. It answers every GET with 200 and mp4-looking bytes, so a
+    client that wrongly follows a link here would visibly succeed; `requests` lists the paths
+    it was asked for (it must stay empty)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.base_url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._handle)
+        runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        self.base_url = f"http://{host}:{port}"
+
+    async def close(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.requests.append(request.path_qs)
+        return web.Response(body=tiny_mp4(), content_type="video/mp4")
 
 
 def _type_error(name: str, expected: str, value: object) -> str:

@@ -81,3 +81,20 @@ def test_bad_values_do_not_echo_secrets() -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**REQUIRED, "DATABASE_URL": "mysql://root:hunter2@db/app"})
     assert "hunter2" not in str(info.value)
+
+
+def test_video_url_hosts_default_to_the_documented_cdn_and_can_be_listed() -> None:
+    assert Settings.from_env(REQUIRED).video_url_hosts == ("cdn.aimlapi.com",)
+    settings = Settings.from_env(
+        {**REQUIRED, "VIDEO_URL_HOSTS": " cdn.aimlapi.com, .Media.Example.COM. ,"}
+    )
+    assert settings.video_url_hosts == ("cdn.aimlapi.com", "media.example.com")
+
+
+@pytest.mark.parametrize(
+    "raw", ["com", "*.example.com", "10.0.0.1", "https://cdn.example.com", "cdn.example.com:443"]
+)
+def test_video_url_hosts_must_be_host_names(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**REQUIRED, "VIDEO_URL_HOSTS": raw})
+    assert "VIDEO_URL_HOSTS" in str(info.value)

@@ -16,11 +16,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.abc import AbstractResolver, ResolveResult
 from PIL import Image
+from yarl import URL
 
 from bot import provider as provider_module
 from bot.catalog import CATALOG, Orientation
-from bot.config import Secret
+from bot.config import DEFAULT_VIDEO_URL_HOSTS, Secret
 from bot.errors import (
     ProviderAuthError,
     ProviderCreditsError,
@@ -34,9 +36,13 @@ from bot.errors import (
     VideoTooLarge,
 )
 from bot.provider import (
+    MAX_REDIRECTS,
     GenerationState,
+    NotAVideo,
     ProviderClient,
     RetryPolicy,
+    VideoLinkRefused,
+    VideoUrlPolicy,
     parse_generation,
     provider_message,
 )
@@ -44,6 +50,7 @@ from tests.fake_provider import (
     DEFAULT_MESSAGES,
     SIZE_MISMATCH,
     FakeProvider,
+    OutsideServer,
     tiny_mp4,
 )
 
@@ -840,9 +847,7 @@ async def test_request_body_is_exactly_the_catalog_request(
     orientation: Orientation,
     duration: int,
 ) -> None:
-    body = sora_body(
-        model=model, resolution=resolution, orientation=orientation, duration=duration
-    )
+    body = sora_body(model=model, resolution=resolution, orientation=orientation, duration=duration)
     state = await client.submit(body)
     job = fake_provider.jobs[state.id]
     assert job.body == body
@@ -1177,3 +1182,371 @@ async def test_logs_never_hold_the_image(
     assert payload[:400] not in caplog.text
     assert len(info.value.message) <= 1000
     assert max(len(r.getMessage()) for r in caplog.records) < 1000
+
+
+# --- the video link is the provider's, or it is not fetched (SSRF) -----------------------------
+
+
+@pytest.fixture
+async def outside() -> AsyncIterator[OutsideServer]:
+    server = OutsideServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def completed_link(client: ProviderClient, fake: FakeProvider, **link: Any) -> str:
+    fake.script_next_job(["completed"], **link)
+    created = await client.submit(sora_body())
+    state = await client.fetch(created.id)
+    assert state.kind == "completed" and state.video_url is not None
+    return state.video_url
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "{outside}/latest/meta-data/iam/security-credentials/",
+        "http://169.254.169.254/latest/meta-data/",
+        "https://evil.example/v.mp4",
+        "https://cdn.aimlapi.com.evil.example/v.mp4",
+        "http://cdn.aimlapi.com/v.mp4",
+        "http://localhost:{fake_port}/files/x.mp4",
+    ],
+)
+async def test_a_result_link_off_the_provider_is_never_fetched(
+    client: ProviderClient,
+    fake_provider: FakeProvider,
+    outside: OutsideServer,
+    sleeper: SleepRecorder,
+    dest: pathlib.Path,
+    caplog: pytest.LogCaptureFixture,
+    link: str,
+) -> None:
+    port = fake_provider.base_url.rsplit(":", 1)[1]
+    url = link.format(outside=outside.base_url, fake_port=port)
+    got = await completed_link(client, fake_provider, result_url=url)
+    assert got == url
+    assert client.video_url_allowed(url) is False
+    with pytest.raises(VideoLinkRefused) as info:
+        await client.download(url, dest, max_bytes=10_000_000)
+    assert outside.requests == []
+    assert fake_provider.video_requests == []
+    assert files_in(dest) == []
+    assert sleeper.delays == []  # a refusal is an answer, not a hiccup
+    # Members see no host name; the operator's log has it.
+    assert "evil" not in info.value.message and "169.254" not in info.value.message
+    assert "refused the video link" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "{outside}/latest/meta-data/",
+        "http://169.254.169.254/computeMetadata/v1/",
+        "https://evil.example/v.mp4",
+        "http://[::ffff:127.0.0.1]:{outside_port}/admin",
+    ],
+)
+@pytest.mark.parametrize("status", [302, 307])
+async def test_a_redirect_off_the_provider_is_refused(
+    client: ProviderClient,
+    fake_provider: FakeProvider,
+    outside: OutsideServer,
+    sleeper: SleepRecorder,
+    dest: pathlib.Path,
+    target: str,
+    status: int,
+) -> None:
+    location = target.format(
+        outside=outside.base_url, outside_port=outside.base_url.rsplit(":", 1)[1]
+    )
+    url = await completed_link(client, fake_provider, redirect_to=location, redirect_status=status)
+    assert client.video_url_allowed(url) is True  # the link itself is the provider's
+    with pytest.raises(VideoLinkRefused):
+        await client.download(url, dest, max_bytes=10_000_000)
+    assert len(fake_provider.video_requests) == 1
+    assert outside.requests == []
+    assert files_in(dest) == []
+    assert sleeper.delays == []
+
+
+async def test_redirects_within_the_provider_are_followed(
+    client: ProviderClient, fake_provider: FakeProvider, dest: pathlib.Path
+) -> None:
+    video = tiny_mp4(extra=5000)
+    url = await completed_link(client, fake_provider, video=video, redirect_hops=MAX_REDIRECTS)
+    result = await client.download(url, dest, max_bytes=10_000_000)
+    assert result.path.read_bytes() == video
+    hops = [r.path for r in fake_provider.video_requests + fake_provider.requests]
+    assert sum(1 for p in hops if p.startswith("/hop/")) == MAX_REDIRECTS
+    assert all(
+        not r.authorization
+        for r in fake_provider.requests
+        if r.method == "GET" and not r.path.startswith("/v2/")
+    )
+
+
+async def test_too_many_redirects_are_refused(
+    client: ProviderClient, fake_provider: FakeProvider, dest: pathlib.Path
+) -> None:
+    url = await completed_link(client, fake_provider, redirect_hops=MAX_REDIRECTS + 1)
+    with pytest.raises(VideoLinkRefused, match="redirected more than"):
+        await client.download(url, dest, max_bytes=10_000_000)
+    assert fake_provider.video_requests == []  # the file itself was never reached
+    assert files_in(dest) == []
+
+
+@pytest.mark.parametrize("content_length", [True, False])
+@pytest.mark.parametrize(
+    "payload", [b"<html><body>Access denied</body></html>" * 50, b"\x89PNG\r\n\x1a\n" * 9, b"ftyp"]
+)
+async def test_bytes_that_are_not_an_mp4_are_refused(
+    client: ProviderClient,
+    fake_provider: FakeProvider,
+    sleeper: SleepRecorder,
+    dest: pathlib.Path,
+    payload: bytes,
+    content_length: bool,
+) -> None:
+    fake_provider.video_content_length = content_length
+    url = await completed_link(client, fake_provider, video=payload)
+    with pytest.raises(NotAVideo) as info:
+        await client.download(url, dest, max_bytes=10_000_000)
+    assert "mp4" in info.value.message
+    assert files_in(dest) == []
+    assert len(fake_provider.video_requests) == 1
+    assert sleeper.delays == []
+
+
+def test_the_policy_allows_only_https_on_the_providers_hosts() -> None:
+    policy = VideoUrlPolicy.build("https://api.aimlapi.com", DEFAULT_VIDEO_URL_HOSTS)
+    allowed = [
+        "https://cdn.aimlapi.com/generations/hedgehog/1759870057414-7a63.mp4",
+        "https://CDN.aimlapi.com./v.mp4?X-Tos-Expires=86400",
+        "https://eu.cdn.aimlapi.com/v.mp4",
+        "https://cdn.aimlapi.com:443/v.mp4",
+        "https://api.aimlapi.com/files/v.mp4",
+    ]
+    refused = [
+        "http://cdn.aimlapi.com/v.mp4",  # https only when the provider is https
+        "http://api.aimlapi.com/files/v.mp4",
+        "https://xcdn.aimlapi.com/v.mp4",  # a suffix matches at a dot only
+        "https://cdn.aimlapi.com.evil.example/v.mp4",
+        "https://aimlapi.com/v.mp4",
+        "https://cdn.aimlapi.com:8443/v.mp4",
+        "https://api.aimlapi.com:8443/v.mp4",
+        "https://user:pw@cdn.aimlapi.com/v.mp4",
+        "https://127.0.0.1/v.mp4",
+        "https://[::1]/v.mp4",
+        "ftp://cdn.aimlapi.com/v.mp4",
+        "/relative/v.mp4",
+    ]
+    assert policy.local_provider is False
+    assert [u for u in allowed if policy.refusal(URL(u)) is not None] == []
+    assert [u for u in refused if policy.refusal(URL(u)) is None] == []
+
+
+def test_a_local_provider_is_trusted_on_its_own_origin_only() -> None:
+    policy = VideoUrlPolicy.build("http://127.0.0.1:8080", ["cdn.example.com"])
+    assert policy.local_provider is True
+    assert policy.refusal(URL("http://127.0.0.1:8080/files/v.mp4")) is None
+    for url in (
+        "http://127.0.0.1:8081/files/v.mp4",
+        "https://127.0.0.1:8080/files/v.mp4",
+        "http://127.0.0.2:8080/files/v.mp4",
+        "http://cdn.example.com/v.mp4",
+        "http://169.254.169.254/latest/meta-data/",
+    ):
+        assert policy.refusal(URL(url)) is not None, url
+    assert policy.trusts_any_address("127.0.0.1", 8080)
+    assert not policy.trusts_any_address("127.0.0.1", 8081)
+    # A public provider never makes private addresses acceptable.
+    public = VideoUrlPolicy.build("https://api.aimlapi.com", DEFAULT_VIDEO_URL_HOSTS)
+    assert not public.trusts_any_address("api.aimlapi.com", 443)
+
+
+class StaticResolver(AbstractResolver):
+    """Answers every name with fixed addresses, so no test needs real DNS."""
+
+    def __init__(self, *answers: str) -> None:
+        self.answers = answers
+        self.asked: list[str] = []
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        self.asked.append(host)
+        return [
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+            for address in self.answers
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        ("127.0.0.1",),
+        ("10.1.2.3",),
+        ("169.254.169.254",),
+        ("93.184.216.34", "192.168.0.5"),
+        ("::1",),
+        ("::ffff:127.0.0.1",),
+        ("fd00::1",),
+    ],
+)
+async def test_an_allowed_name_resolving_to_a_private_address_is_never_connected(
+    session: aiohttp.ClientSession,
+    sleeper: SleepRecorder,
+    dest: pathlib.Path,
+    answers: tuple[str, ...],
+) -> None:
+    # DNS rebinding: the name is on the allow-list, its answer is not. The check runs on the
+    # addresses aiohttp is about to connect to; had it not, the 127.0.0.1 answer would reach a
+    # closed port here and come back as a retried ProviderUnavailable instead.
+    dns = StaticResolver(*answers)
+    client = ProviderClient(
+        session,
+        base_url="https://api.example.com",
+        api_key=Secret(KEY),
+        sleep=sleeper,
+        video_hosts=["cdn.example.com"],
+        resolver=lambda: dns,
+    )
+    with pytest.raises(VideoLinkRefused):
+        await client.download("https://cdn.example.com/v.mp4", dest, max_bytes=1000)
+    assert dns.asked == ["cdn.example.com"]
+    assert sleeper.delays == []
+
+
+async def test_public_answers_pass_the_address_check() -> None:
+    policy = VideoUrlPolicy.build("https://api.example.com", ["cdn.example.com"])
+    inner = StaticResolver("93.184.216.34", "2606:2800:220:1::1")
+    guarded = provider_module._GuardedResolver(inner, policy, owns_inner=False)
+    answers = await guarded.resolve("cdn.example.com", 443)
+    assert [a["host"] for a in answers] == ["93.184.216.34", "2606:2800:220:1::1"]
+
+
+# --- fake provider: links for other tests ------------------------------------------------------
+
+
+async def test_the_fake_serves_a_two_thousand_character_link(
+    client: ProviderClient, fake_provider: FakeProvider, dest: pathlib.Path
+) -> None:
+    video = tiny_mp4(extra=100)
+    fake_provider.script_next_job(["completed"], video=video)
+    created = await client.submit(sora_body())
+    job = fake_provider.jobs[created.id]
+    job.result_url = fake_provider.padded_video_url(job, 2000)
+    state = await client.fetch(created.id)
+    assert state.video_url is not None and len(state.video_url) == 2000
+    result = await client.download(state.video_url, dest, max_bytes=10_000)
+    assert result.path.read_bytes() == video
+
+
+async def test_the_fake_can_trickle_a_video(
+    client: ProviderClient, fake_provider: FakeProvider, dest: pathlib.Path
+) -> None:
+    video = tiny_mp4(extra=200)
+    quick = await completed_link(
+        client, fake_provider, video=video, trickle_every=0.001, trickle_bytes=64
+    )
+    assert (await client.download(quick, dest, max_bytes=10_000)).path.read_bytes() == video
+    stalled = await completed_link(client, fake_provider, video=video, trickle_every=60)
+    # A caller's deadline cancels the download and leaves no partial file behind.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await client.download(stalled, dest, max_bytes=10_000)
+    assert len(files_in(dest)) == 1  # only the quick one
+
+
+# --- the key never leaves the client, whatever text it hides in ---------------------------------
+
+
+def _state_text(state: GenerationState) -> str:
+    return repr(state) + str(state.video_url) + str(state.error) + state.status + state.id
+
+
+async def test_a_key_inside_generation_statuses_goes_no_further(
+    session: aiohttp.ClientSession, sleeper: SleepRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake = FakeProvider(api_key=SECRET)
+    await fake.start()
+    escaped = "".join(f"\\u{ord(c):04x}" for c in SECRET)  # JSON escapes hide it from a grep
+    states: list[GenerationState] = []
+    try:
+        client = make_client(session, fake.base_url, sleeper, key=SECRET)
+        fake.script_next_job(
+            ["queued", "error"],
+            error={"name": "GenerationError", "message": f"upstream rejected key {SECRET}"},
+        )
+        created = await client.submit(sora_body())
+        states += await poll_states(client, created.id, 2)
+        # At the 300-character clip: the key must not survive even in part.
+        fake.script_next_job(["failed"], error={"message": "x" * 290 + SECRET})
+        states.append(await client.fetch((await client.submit(sora_body())).id))
+        fake.script_next_job([{"status": f"odd-{SECRET}", "error": {"detail": SECRET}}])
+        states.append(await client.fetch((await client.submit(sora_body())).id))
+        fake.script_next_job(
+            ["error"],
+            post_body=lambda job_id: {"id": job_id, "status": "error", "error": SECRET},
+        )
+        states.append(await client.submit(sora_body()))
+        created = await client.submit(sora_body())
+        fake.fail_next(
+            "GET",
+            status=200,
+            body='{"status": "error", "error": {"message": "key: ' + escaped + '"}}',
+        )
+        states.append(await client.fetch(created.id))
+        fake.script_next_job(
+            [{"status": "completed", "video": {"url": f"{fake.base_url}/f?k={SECRET}"}}]
+        )
+        states.append(await client.fetch((await client.submit(sora_body())).id))
+    finally:
+        await fake.close()
+    assert [s.kind for s in states] == ["pending"] + ["failed"] * 5 + ["completed"]
+    assert states[1].error == "upstream rejected key ********"
+    assert states[5].error == "key: ********"
+    for state in states:
+        assert SECRET[:8] not in _state_text(state)
+    assert SECRET[:8] not in caplog.text
+
+
+async def test_a_key_at_a_clip_boundary_leaves_no_prefix_in_errors_or_logs(
+    session: aiohttp.ClientSession, sleeper: SleepRecorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake = FakeProvider(api_key=SECRET)
+    await fake.start()
+    failures: list[BaseException] = []
+    try:
+        client = make_client(session, fake.base_url, sleeper, key=SECRET)
+        # The exception message is clipped at 1,000 characters, the logged body at 200.
+        fake.fail_next("POST", status=400, message="y" * 990 + SECRET)
+        with pytest.raises(ProviderValidationError) as validation:
+            await client.submit(sora_body())
+        failures.append(validation.value)
+        fake.fail_next("POST", status=502, body="z" * 188 + SECRET)
+        with pytest.raises(ProviderServerError) as server:
+            await client.submit(sora_body())
+        failures.append(server.value)
+    finally:
+        await fake.close()
+    for failure in failures:
+        assert SECRET[:8] not in _all_text(failure)
+    assert "HTTP 502" in caplog.text
+    assert SECRET[:8] not in caplog.text
