@@ -6,8 +6,10 @@ after loading `.env`, and tests pass a plain dict.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 from bot.catalog import CATALOG, DEFAULT_MODEL_ID, ModelSpec
@@ -70,6 +72,19 @@ class Settings:
     max_concurrent_polls: int = 8
     lease_seconds: float = 300.0
     max_active_jobs_per_user: int = 3
+    # Spending limits in USD; 0 means no limit. Small on purpose: one default video (Sora 2 Pro,
+    # 720p, 4 s) costs $1.20, and every limit can be raised once the bill is understood.
+    member_daily_usd: float = 3.0
+    member_monthly_usd: float = 20.0
+    guild_monthly_usd: float = 50.0
+    bot_monthly_usd: float = 100.0
+    # Ask the member to confirm at or above this estimate (0: never ask).
+    confirm_above_usd: float = 2.0
+    confirm_timeout_seconds: float = 300.0
+    cooldown_seconds: int = 30
+    refund_failed_jobs: bool = True
+    # USD per second by "model" or "model:resolution"; wins over the catalogue's prices.
+    model_prices: Mapping[str, float] = field(default_factory=dict, hash=False)
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 50_000_000
     min_image_side: int = 256
@@ -128,6 +143,21 @@ class Settings:
             "max_active_jobs_per_user": reader.get(
                 "MAX_ACTIVE_JOBS_PER_USER", cls.max_active_jobs_per_user, _positive_int
             ),
+            "member_daily_usd": reader.get("MEMBER_DAILY_USD", cls.member_daily_usd, _usd_limit),
+            "member_monthly_usd": reader.get(
+                "MEMBER_MONTHLY_USD", cls.member_monthly_usd, _usd_limit
+            ),
+            "guild_monthly_usd": reader.get("GUILD_MONTHLY_USD", cls.guild_monthly_usd, _usd_limit),
+            "bot_monthly_usd": reader.get("BOT_MONTHLY_USD", cls.bot_monthly_usd, _usd_limit),
+            "confirm_above_usd": reader.get("CONFIRM_ABOVE_USD", cls.confirm_above_usd, _usd_limit),
+            "confirm_timeout_seconds": reader.get(
+                "CONFIRM_TIMEOUT_SECONDS", cls.confirm_timeout_seconds, _positive_float
+            ),
+            "cooldown_seconds": reader.get(
+                "COOLDOWN_SECONDS", cls.cooldown_seconds, _whole_seconds
+            ),
+            "refund_failed_jobs": reader.get("REFUND_FAILED_JOBS", cls.refund_failed_jobs, _flag),
+            "model_prices": reader.get("MODEL_PRICES", _NO_PRICES, _model_prices),
             "max_image_bytes": reader.get("MAX_IMAGE_BYTES", cls.max_image_bytes, _positive_int),
             "max_image_pixels": reader.get("MAX_IMAGE_PIXELS", cls.max_image_pixels, _positive_int),
             "min_image_side": reader.get("MIN_IMAGE_SIDE", cls.min_image_side, _positive_int),
@@ -310,3 +340,74 @@ def _check_model_defaults(reader: _Reader, values: dict[str, Any]) -> None:
                 f"(choose from {', '.join(map(str, spec.durations))})"
             )
         values["default_duration"] = spec.default_duration
+
+
+# --- spending settings ---------------------------------------------------------------------------
+
+# Larger values are typos, not budgets: refusing them beats silently allowing any spend.
+MAX_USD_SETTING = 100_000.0
+MAX_USD_PER_SECOND = 100.0
+_NO_PRICES: Mapping[str, float] = MappingProxyType({})
+
+
+def _usd_limit(raw: str) -> float:
+    try:
+        value = float(raw.removeprefix("$"))
+    except ValueError:
+        raise ValueError(f"must be an amount in US dollars (0 = no limit), got {raw!r}") from None
+    if math.isnan(value) or math.isinf(value) or value < 0:
+        raise ValueError(f"must be 0 (no limit) or a positive amount in US dollars, got {raw!r}")
+    if value > MAX_USD_SETTING:
+        raise ValueError(f"must be at most {MAX_USD_SETTING:.0f} US dollars, got {raw!r}")
+    return value
+
+
+def _whole_seconds(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"must be a whole number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"must be 0 (none) or more, got {value}")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
+def _model_prices(raw: str) -> Mapping[str, float]:
+    """`model=usd_per_second` or `model:resolution=usd_per_second`, comma-separated."""
+    prices: dict[str, float] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        key, sep, price_text = (text.strip() for text in item.partition("="))
+        model_id, _, resolution = key.partition(":")
+        spec = CATALOG.get(model_id)
+        if not sep or spec is None:
+            raise ValueError(
+                f"entry {item!r} must be model=price or model:resolution=price with a "
+                f"catalogue model id (known: {', '.join(CATALOG)})"
+            )
+        if resolution and resolution not in spec.resolutions:
+            raise ValueError(
+                f"entry {item!r}: {model_id} offers {', '.join(spec.resolutions)}, "
+                f"not {resolution!r}"
+            )
+        try:
+            price = float(price_text)
+        except ValueError:
+            raise ValueError(f"entry {item!r}: the price must be USD per second") from None
+        if math.isnan(price) or not 0 <= price <= MAX_USD_PER_SECOND:
+            raise ValueError(
+                f"entry {item!r}: the price must be between 0 and {MAX_USD_PER_SECOND:.0f} "
+                "USD per second"
+            )
+        prices[key] = price
+    return MappingProxyType(prices)

@@ -98,3 +98,73 @@ def test_video_url_hosts_must_be_host_names(raw: str) -> None:
     with pytest.raises(ConfigError) as info:
         Settings.from_env({**REQUIRED, "VIDEO_URL_HOSTS": raw})
     assert "VIDEO_URL_HOSTS" in str(info.value)
+
+
+# --- costs and limits ----------------------------------------------------------------------------
+
+
+def test_spending_defaults_are_conservative() -> None:
+    settings = Settings.from_env(REQUIRED)
+    assert (settings.member_daily_usd, settings.member_monthly_usd) == (3.0, 20.0)
+    assert (settings.guild_monthly_usd, settings.bot_monthly_usd) == (50.0, 100.0)
+    assert (settings.confirm_above_usd, settings.confirm_timeout_seconds) == (2.0, 300.0)
+    assert settings.cooldown_seconds == 30
+    assert settings.refund_failed_jobs is True
+    assert dict(settings.model_prices) == {}
+
+
+def test_spending_keys_are_parsed() -> None:
+    settings = Settings.from_env(
+        {
+            **REQUIRED,
+            "MEMBER_DAILY_USD": "0",  # no limit
+            "MEMBER_MONTHLY_USD": "$12.50",
+            "GUILD_MONTHLY_USD": "75",
+            "BOT_MONTHLY_USD": "1000",
+            "CONFIRM_ABOVE_USD": "0.5",
+            "CONFIRM_TIMEOUT_SECONDS": "120",
+            "COOLDOWN_SECONDS": "0",
+            "REFUND_FAILED_JOBS": "off",
+            "MODEL_PRICES": (
+                " google/veo-3.1-i2v = 0.40 , bytedance/seedance-2-0:1080p=0.25,"
+                "openai/sora-2-pro-i2v:720p=0.35"
+            ),
+        }
+    )
+    assert settings.member_daily_usd == 0.0
+    assert settings.member_monthly_usd == 12.5
+    assert (settings.guild_monthly_usd, settings.bot_monthly_usd) == (75.0, 1000.0)
+    assert (settings.confirm_above_usd, settings.confirm_timeout_seconds) == (0.5, 120.0)
+    assert settings.cooldown_seconds == 0
+    assert settings.refund_failed_jobs is False
+    assert dict(settings.model_prices) == {
+        "google/veo-3.1-i2v": 0.40,
+        "bytedance/seedance-2-0:1080p": 0.25,
+        "openai/sora-2-pro-i2v:720p": 0.35,
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "raw", "words"),
+    [
+        ("MEMBER_DAILY_USD", "-1", "positive amount"),
+        ("MEMBER_MONTHLY_USD", "nan", "positive amount"),
+        ("GUILD_MONTHLY_USD", "inf", "positive amount"),
+        ("BOT_MONTHLY_USD", "1e9", "at most"),
+        ("CONFIRM_ABOVE_USD", "two dollars", "US dollars"),
+        ("CONFIRM_TIMEOUT_SECONDS", "0", "greater than 0"),
+        ("COOLDOWN_SECONDS", "1.5", "whole number"),
+        ("REFUND_FAILED_JOBS", "maybe", "true or false"),
+        ("MODEL_PRICES", "openai/dall-e=0.1", "catalogue model"),
+        ("MODEL_PRICES", "google/veo-3.1-i2v", "model=price"),
+        ("MODEL_PRICES", "google/veo-3.1-i2v:4k=0.4", "not '4k'"),
+        ("MODEL_PRICES", "google/veo-3.1-i2v=cheap", "USD per second"),
+        ("MODEL_PRICES", "google/veo-3.1-i2v=-0.4", "between 0 and"),
+    ],
+)
+def test_bad_spending_values_are_named(key: str, raw: str, words: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**REQUIRED, key: raw})
+    assert len(info.value.problems) == 1
+    assert key in info.value.problems[0]
+    assert words in info.value.problems[0]
