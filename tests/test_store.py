@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -386,6 +387,9 @@ async def test_meta_values_are_stored_and_replaced(store: JobStore) -> None:
 
 
 def _schema_differences(connection: Connection) -> list[object]:
+    # bot.spending and bot.guild_settings put their tables on bot.store.metadata when imported.
+    importlib.import_module("bot.spending")
+    importlib.import_module("bot.guild_settings")
     context = MigrationContext.configure(connection, opts={"compare_type": True})
     return list(compare_metadata(context, metadata))
 

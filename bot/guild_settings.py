@@ -1,0 +1,782 @@
+"""Each server's own settings: limits, role allowances, access lists, defaults, pause, log channel.
+
+Discord-free. A row holds only what a server's admins chose; NULL means "the bot's default", so
+an operator who changes a default in the environment reaches every server that has not chosen
+otherwise. Every change is validated first (a bad value changes nothing), applied in one
+transaction with the row locked, and returned as a `SettingChange` that says who changed what
+from what to what, for the audit line. Whether the actor may change settings, and whether a role
+or channel belongs to the server, is the Discord layer's check; here everything is keyed by
+guild id.
+
+Money is in US dollars; 0 means "no limit". The bot-wide monthly budget (BOT_MONTHLY_USD) is the
+operator's alone and cannot be changed from a server.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.catalog import CATALOG, ModelSpec
+from bot.config import Settings
+from bot.errors import InputRejected
+from bot.store import _SQLITE_IMMEDIATE, UTCDateTime, metadata, require_aware
+
+T = TypeVar("T")
+
+# Larger values are typos (or tests of the bot), not budgets anyone means.
+MAX_USD = 100_000.0
+MAX_ACTIVE_LIMIT = 1_000
+MAX_COOLDOWN_SECONDS = 7 * 24 * 3600
+
+AccessKind = Literal["channel", "role"]
+
+# --- schema (must match migration 0005) ----------------------------------------------------------
+
+guild_settings = sa.Table(
+    "guild_settings",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("member_daily_usd", sa.Double(), nullable=True),
+    sa.Column("member_monthly_usd", sa.Double(), nullable=True),
+    sa.Column("guild_monthly_usd", sa.Double(), nullable=True),
+    sa.Column("confirm_above_usd", sa.Double(), nullable=True),
+    sa.Column("max_active", sa.Integer(), nullable=True),
+    sa.Column("cooldown_seconds", sa.Integer(), nullable=True),
+    sa.Column("default_model", sa.Text(), nullable=True),
+    sa.Column("default_resolution", sa.Text(), nullable=True),
+    sa.Column("default_duration", sa.Integer(), nullable=True),
+    sa.Column("paused", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("log_channel_id", sa.BigInteger(), nullable=True),
+    sa.Column("updated_by", sa.BigInteger(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=True),
+)
+
+# A role's own allowance; NULL in a column means "the server's allowance" for that period.
+role_limits = sa.Table(
+    "role_limits",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("role_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("member_daily_usd", sa.Double(), nullable=True),
+    sa.Column("member_monthly_usd", sa.Double(), nullable=True),
+    sa.Column("updated_by", sa.BigInteger(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=True),
+)
+
+# Where /animate may be used (kind "channel") and by whom (kind "role").
+# No rows of a kind: no restriction of that kind.
+guild_access = sa.Table(
+    "guild_access",
+    metadata,
+    sa.Column("guild_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("target_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+)
+
+
+# --- errors --------------------------------------------------------------------------------------
+
+
+class SettingRejected(InputRejected):
+    """An admin's value cannot be used; nothing was changed. The reason is one line."""
+
+
+# --- values --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BotDefaults:
+    """The operator's settings that servers start from (and, for the bot budget, cannot change)."""
+
+    member_daily_usd: float = 0.0
+    member_monthly_usd: float = 0.0
+    guild_monthly_usd: float = 0.0
+    bot_monthly_usd: float = 0.0
+    confirm_above_usd: float = 0.0
+    max_active: int = 0
+    cooldown_seconds: int = 0
+    default_model: str = "openai/sora-2-pro-i2v"
+    default_resolution: str = "720p"
+    default_duration: int = 4
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BotDefaults:
+        return cls(
+            member_daily_usd=settings.member_daily_usd,
+            member_monthly_usd=settings.member_monthly_usd,
+            guild_monthly_usd=settings.guild_monthly_usd,
+            bot_monthly_usd=settings.bot_monthly_usd,
+            confirm_above_usd=settings.confirm_above_usd,
+            max_active=settings.max_active_jobs_per_user,
+            cooldown_seconds=settings.cooldown_seconds,
+            default_model=settings.default_model,
+            default_resolution=settings.default_resolution,
+            default_duration=settings.default_duration,
+        )
+
+
+@dataclass(frozen=True)
+class Effective(Generic[T]):
+    """A setting in force: its value, and whether it is the server's own or the bot's default."""
+
+    value: T
+    own: bool
+
+
+@dataclass(frozen=True)
+class RoleLimit:
+    role_id: int
+    member_daily_usd: float | None
+    """None: the server's daily allowance applies to this role."""
+    member_monthly_usd: float | None
+
+
+@dataclass(frozen=True)
+class AccessLists:
+    channel_ids: frozenset[int] = frozenset()
+    role_ids: frozenset[int] = frozenset()
+
+    def refusal(
+        self,
+        *,
+        channel_ids: Collection[int],
+        role_ids: Collection[int],
+        existing_channels: Collection[int] | None = None,
+        existing_roles: Collection[int] | None = None,
+    ) -> str | None:
+        """Why a member may not use /animate here, or None when they may.
+
+        `channel_ids`: the channel and, in a thread, its parent. `existing_*`: the server's live
+        channels and roles, when known; a deleted one simply drops out of its list (and a list
+        left empty means no restriction).
+        """
+        channels = _live(self.channel_ids, existing_channels)
+        roles = _live(self.role_ids, existing_roles)
+        if channels and not channels & set(channel_ids):
+            places = ", ".join(f"<#{c}>" for c in sorted(channels))
+            return f"In this server /animate can be used only in {places}."
+        if roles and not roles & set(role_ids):
+            names = ", ".join(f"<@&{r}>" for r in sorted(roles))
+            return f"In this server /animate is for members with one of these roles: {names}."
+        return None
+
+
+def _live(ids: frozenset[int], existing: Collection[int] | None) -> set[int]:
+    return set(ids) if existing is None else {i for i in ids if i in existing}
+
+
+@dataclass(frozen=True)
+class GuildConfig:
+    """Every setting in force in one server (or, with guild_id None, in DMs)."""
+
+    guild_id: int | None
+    member_daily_usd: Effective[float]
+    member_monthly_usd: Effective[float]
+    guild_monthly_usd: Effective[float]
+    bot_monthly_usd: float
+    confirm_above_usd: Effective[float]
+    max_active: Effective[int]
+    cooldown_seconds: Effective[int]
+    default_model: Effective[str]
+    default_resolution: Effective[str]
+    default_duration: Effective[int]
+    paused: bool = False
+    log_channel_id: int | None = None
+    role_limits: tuple[RoleLimit, ...] = ()
+    access: AccessLists = field(default_factory=AccessLists)
+
+    def allowance(self, role_ids: Iterable[int]) -> tuple[float, float]:
+        """(daily, monthly) allowance in USD for a member with these roles; 0 = no limit.
+
+        The most generous among the member's roles with an allowance, per period; the
+        server's allowance when none of their roles has one.
+        """
+        held = set(role_ids)
+        limits = [limit for limit in self.role_limits if limit.role_id in held]
+        if not limits:
+            return self.member_daily_usd.value, self.member_monthly_usd.value
+        daily = _most_generous(
+            self.member_daily_usd.value if r.member_daily_usd is None else r.member_daily_usd
+            for r in limits
+        )
+        monthly = _most_generous(
+            self.member_monthly_usd.value if r.member_monthly_usd is None else r.member_monthly_usd
+            for r in limits
+        )
+        return daily, monthly
+
+    def needs_confirmation(self, estimate_usd: float | None) -> bool:
+        """Ask the member first: the estimate is at or above the threshold (0: never ask)."""
+        threshold = self.confirm_above_usd.value
+        return estimate_usd is not None and threshold > 0 and estimate_usd >= threshold
+
+    @property
+    def any_money_limit(self) -> bool:
+        return any(
+            value > 0
+            for value in (
+                self.member_daily_usd.value,
+                self.member_monthly_usd.value,
+                self.guild_monthly_usd.value if self.guild_id is not None else 0.0,
+                self.bot_monthly_usd,
+            )
+        ) or any(
+            (r.member_daily_usd or 0) > 0 or (r.member_monthly_usd or 0) > 0
+            for r in self.role_limits
+        )
+
+    def lines(self) -> list[str]:
+        """One line per setting for `/animate-admin show`, each marked own or bot default."""
+        out = [
+            f"{SETTINGS[name].label}: {SETTINGS[name].show(getattr(self, name).value)}"
+            f" ({'this server' if getattr(self, name).own else 'bot default'})"
+            for name in _EFFECTIVE_NAMES
+        ]
+        out.append(f"the bot's monthly budget (all servers): {_usd_limit(self.bot_monthly_usd)}")
+        out.append(f"paused: {'yes' if self.paused else 'no'}")
+        out.append(
+            "log channel: "
+            + ("none" if self.log_channel_id is None else f"<#{self.log_channel_id}>")
+        )
+        for limit in self.role_limits:
+            out.append(
+                f"role <@&{limit.role_id}>: daily {_role_usd(limit.member_daily_usd)}, "
+                f"monthly {_role_usd(limit.member_monthly_usd)}"
+            )
+        channels = ", ".join(f"<#{c}>" for c in sorted(self.access.channel_ids)) or "all"
+        roles = ", ".join(f"<@&{r}>" for r in sorted(self.access.role_ids)) or "everyone"
+        out.append(f"/animate allowed in: {channels}; for: {roles}")
+        return out
+
+
+def _most_generous(values: Iterable[float]) -> float:
+    collected = list(values)
+    return 0.0 if any(v <= 0 for v in collected) else max(collected)
+
+
+def _usd_limit(value: float) -> str:
+    return "no limit" if value <= 0 else f"${value:,.2f}"
+
+
+def _role_usd(value: float | None) -> str:
+    return "server's" if value is None else _usd_limit(value)
+
+
+@dataclass(frozen=True)
+class SettingChange:
+    """One change, for the audit line: who changed what from what to what."""
+
+    guild_id: int
+    actor_id: int
+    setting: str
+    before: str
+    after: str
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+    def describe(self) -> str:
+        # A user mention for the log channel; the Discord layer sends it with pings disabled.
+        if not self.changed:
+            return f"<@{self.actor_id}> left {self.setting} at {self.after}."
+        return f"<@{self.actor_id}> changed {self.setting} from {self.before} to {self.after}."
+
+
+# --- setting definitions and validation ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SettingSpec:
+    label: str
+    kind: Literal["usd", "count", "seconds", "model", "resolution", "duration", "flag", "channel"]
+
+    def show(self, value: Any) -> str:
+        if value is None:
+            return "none"
+        if self.kind == "usd":
+            return _usd_limit(float(value))
+        if self.kind == "count":
+            return "no limit" if value <= 0 else str(value)
+        if self.kind == "seconds":
+            return "none" if value <= 0 else f"{value} s"
+        if self.kind == "duration":
+            return f"{value} s"
+        if self.kind == "flag":
+            return "yes" if value else "no"
+        if self.kind == "channel":
+            return f"<#{value}>"
+        return str(value)
+
+
+SETTINGS: Mapping[str, _SettingSpec] = {
+    "member_daily_usd": _SettingSpec("the member daily allowance", "usd"),
+    "member_monthly_usd": _SettingSpec("the member monthly allowance", "usd"),
+    "guild_monthly_usd": _SettingSpec("this server's monthly budget", "usd"),
+    "confirm_above_usd": _SettingSpec("ask to confirm at or above", "usd"),
+    "max_active": _SettingSpec("unfinished videos per member", "count"),
+    "cooldown_seconds": _SettingSpec("the wait between a member's requests", "seconds"),
+    "default_model": _SettingSpec("the default model", "model"),
+    "default_resolution": _SettingSpec("the default resolution", "resolution"),
+    "default_duration": _SettingSpec("the default duration", "duration"),
+    "paused": _SettingSpec("paused", "flag"),
+    "log_channel_id": _SettingSpec("the log channel", "channel"),
+}
+# Settings with a bot default behind them (the rest are the server's alone).
+_EFFECTIVE_NAMES = (
+    "member_daily_usd",
+    "member_monthly_usd",
+    "guild_monthly_usd",
+    "confirm_above_usd",
+    "max_active",
+    "cooldown_seconds",
+    "default_model",
+    "default_resolution",
+    "default_duration",
+)
+
+
+def validate_usd(label: str, value: float | None) -> float | None:
+    """None or negative: back to the default (None); 0: no limit; NaN, inf, huge: refused."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SettingRejected(f"{label} must be an amount in US dollars.")
+    if math.isnan(value) or math.isinf(value):
+        raise SettingRejected(f"{label} must be an amount in US dollars, not {value}.")
+    if value < 0:
+        return None
+    if value > MAX_USD:
+        raise SettingRejected(
+            f"${value:,.2f} is not a sensible {label}; the most accepted is ${MAX_USD:,.0f}."
+        )
+    return float(value)
+
+
+def _validate_whole(label: str, value: object, maximum: int) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SettingRejected(f"{label} must be a whole number.")
+    if value < 0:
+        return None
+    if value > maximum:
+        raise SettingRejected(f"{value} is too large for {label}; the most accepted is {maximum}.")
+    return value
+
+
+def _validate(name: str, value: object) -> object:
+    spec = SETTINGS[name]
+    if spec.kind == "usd":
+        return validate_usd(spec.label, value)  # type: ignore[arg-type]
+    if spec.kind == "count":
+        return _validate_whole(spec.label, value, MAX_ACTIVE_LIMIT)
+    if spec.kind == "seconds":
+        return _validate_whole(spec.label, value, MAX_COOLDOWN_SECONDS)
+    if spec.kind == "model":
+        if value is None:
+            return None
+        if not isinstance(value, str) or value not in CATALOG:
+            raise SettingRejected(f"{value!r} is not a model this bot offers.")
+        return value
+    if spec.kind == "resolution":
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise SettingRejected("The resolution must be one of the model's, such as 720p.")
+        return value
+    if spec.kind == "duration":
+        return _validate_whole(spec.label, value, 3600)
+    if spec.kind == "flag":
+        if not isinstance(value, bool):
+            raise SettingRejected(f"{spec.label} must be yes or no.")
+        return value
+    # channel
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SettingRejected("The log channel must be a channel of this server.")
+    return value
+
+
+# --- reading -------------------------------------------------------------------------------------
+
+
+def _effective(own: T | None, default: T) -> Effective[T]:
+    return Effective(default, False) if own is None else Effective(own, True)
+
+
+def build_config(
+    defaults: BotDefaults,
+    guild_id: int | None,
+    row: Mapping[str, Any] | None,
+    roles: Iterable[RoleLimit] = (),
+    access: AccessLists | None = None,
+) -> GuildConfig:
+    """The settings in force from a guild_settings row (None: no row, or DMs) and the defaults."""
+    own: Mapping[str, Any] = row or {}
+    model = _effective(own.get("default_model"), defaults.default_model)
+    if model.value not in CATALOG:  # a model the catalogue dropped since it was chosen
+        model = Effective(defaults.default_model, False)
+    spec = CATALOG[model.value]
+    resolution = _effective(own.get("default_resolution"), defaults.default_resolution)
+    if resolution.value not in spec.resolutions:
+        resolution = Effective(spec.default_resolution, False)
+    duration = _effective(own.get("default_duration"), defaults.default_duration)
+    if duration.value not in spec.durations:
+        duration = Effective(spec.default_duration, False)
+    return GuildConfig(
+        guild_id=guild_id,
+        member_daily_usd=_effective(own.get("member_daily_usd"), defaults.member_daily_usd),
+        member_monthly_usd=_effective(own.get("member_monthly_usd"), defaults.member_monthly_usd),
+        guild_monthly_usd=_effective(own.get("guild_monthly_usd"), defaults.guild_monthly_usd),
+        bot_monthly_usd=defaults.bot_monthly_usd,
+        confirm_above_usd=_effective(own.get("confirm_above_usd"), defaults.confirm_above_usd),
+        max_active=_effective(own.get("max_active"), defaults.max_active),
+        cooldown_seconds=_effective(own.get("cooldown_seconds"), defaults.cooldown_seconds),
+        default_model=model,
+        default_resolution=resolution,
+        default_duration=duration,
+        paused=bool(own.get("paused", False)),
+        log_channel_id=own.get("log_channel_id"),
+        role_limits=tuple(roles),
+        access=access or AccessLists(),
+    )
+
+
+async def load_config(
+    session: AsyncSession, guild_id: int | None, defaults: BotDefaults
+) -> GuildConfig:
+    """Read a server's settings inside the caller's transaction (Spending reserves in it)."""
+    if guild_id is None:
+        return build_config(defaults, None, None)
+    row = (
+        (
+            await session.execute(
+                sa.select(guild_settings).where(guild_settings.c.guild_id == guild_id)
+            )
+        )
+        .mappings()
+        .one_or_none()
+    )
+    role_rows = (
+        await session.execute(
+            sa.select(role_limits)
+            .where(role_limits.c.guild_id == guild_id)
+            .order_by(role_limits.c.role_id)
+        )
+    ).mappings()
+    roles = [
+        RoleLimit(r["role_id"], r["member_daily_usd"], r["member_monthly_usd"]) for r in role_rows
+    ]
+    access_rows = (
+        await session.execute(
+            sa.select(guild_access.c.kind, guild_access.c.target_id).where(
+                guild_access.c.guild_id == guild_id
+            )
+        )
+    ).all()
+    access = AccessLists(
+        channel_ids=frozenset(t for k, t in access_rows if k == "channel"),
+        role_ids=frozenset(t for k, t in access_rows if k == "role"),
+    )
+    return build_config(defaults, guild_id, None if row is None else dict(row), roles, access)
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+class GuildSettings:
+    """Read and change server settings. Each method is one short transaction."""
+
+    def __init__(self, engine: AsyncEngine, defaults: BotDefaults) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self.defaults = defaults
+        self._read = async_sessionmaker(engine, expire_on_commit=False)
+        self._write = async_sessionmaker(
+            engine.execution_options(**{_SQLITE_IMMEDIATE: True}), expire_on_commit=False
+        )
+
+    async def get(self, guild_id: int | None) -> GuildConfig:
+        async with self._read() as session:
+            return await load_config(session, guild_id, self.defaults)
+
+    async def update(
+        self, guild_id: int, changes: Mapping[str, object], *, actor_id: int, now: datetime
+    ) -> list[SettingChange]:
+        """Apply several settings at once, all or nothing.
+
+        Values: None or a negative number returns a setting to the bot's default; 0 means no
+        limit. A value that cannot be right (NaN, infinite, absurdly large, unknown model, a
+        resolution or duration the default model does not offer) raises SettingRejected and
+        changes nothing. Changing the default model drops the server's default resolution and
+        duration if the new model does not offer them (reported as changes too).
+        """
+        now = require_aware(now, "now")
+        unknown = sorted(set(changes) - set(SETTINGS))
+        if unknown:
+            raise TypeError(f"not guild settings: {', '.join(unknown)}")
+        values = {name: _validate(name, value) for name, value in changes.items()}
+        async with self._write.begin() as session:
+            before_row = await self._locked_row(session, guild_id)
+            after_row = {**before_row, **values}
+            _check_choices(after_row, values, self.defaults)
+            before = build_config(self.defaults, guild_id, before_row)
+            after = build_config(self.defaults, guild_id, after_row)
+            await session.execute(
+                guild_settings.update()
+                .where(guild_settings.c.guild_id == guild_id)
+                .values(
+                    {name: after_row[name] for name in SETTINGS}
+                    | {"updated_by": actor_id, "updated_at": now}
+                )
+            )
+        touched = [n for n in SETTINGS if n in values or after_row[n] != before_row[n]]
+        return [
+            SettingChange(
+                guild_id,
+                actor_id,
+                SETTINGS[name].label,
+                _shown(before, name),
+                _shown(after, name),
+            )
+            for name in touched
+        ]
+
+    async def set_role_limit(
+        self,
+        guild_id: int,
+        role_id: int,
+        *,
+        member_daily_usd: float | None,
+        member_monthly_usd: float | None,
+        actor_id: int,
+        now: datetime,
+    ) -> SettingChange:
+        """A role's own allowance (None or negative: the server's allowance for that period)."""
+        now = require_aware(now, "now")
+        daily = validate_usd("a role's daily allowance", member_daily_usd)
+        monthly = validate_usd("a role's monthly allowance", member_monthly_usd)
+        key = sa.and_(role_limits.c.guild_id == guild_id, role_limits.c.role_id == role_id)
+        async with self._write.begin() as session:
+            old = (
+                (await session.execute(sa.select(role_limits).where(key).with_for_update()))
+                .mappings()
+                .one_or_none()
+            )
+            values = {
+                "member_daily_usd": daily,
+                "member_monthly_usd": monthly,
+                "updated_by": actor_id,
+                "updated_at": now,
+            }
+            if old is None:
+                await session.execute(
+                    role_limits.insert().values(guild_id=guild_id, role_id=role_id, **values)
+                )
+            else:
+                await session.execute(role_limits.update().where(key).values(values))
+        return SettingChange(
+            guild_id,
+            actor_id,
+            f"the allowance of <@&{role_id}>",
+            _role_text(None if old is None else dict(old)),
+            _role_text({"member_daily_usd": daily, "member_monthly_usd": monthly}),
+        )
+
+    async def remove_role_limit(
+        self, guild_id: int, role_id: int, *, actor_id: int
+    ) -> SettingChange:
+        key = sa.and_(role_limits.c.guild_id == guild_id, role_limits.c.role_id == role_id)
+        async with self._write.begin() as session:
+            old = (
+                (await session.execute(sa.select(role_limits).where(key).with_for_update()))
+                .mappings()
+                .one_or_none()
+            )
+            await session.execute(role_limits.delete().where(key))
+        return SettingChange(
+            guild_id,
+            actor_id,
+            f"the allowance of <@&{role_id}>",
+            _role_text(None if old is None else dict(old)),
+            "none",
+        )
+
+    async def set_access(
+        self, guild_id: int, kind: AccessKind, target_id: int, *, allowed: bool, actor_id: int
+    ) -> SettingChange:
+        """Add a channel or role to (allowed=True) or remove it from the server's access list."""
+        if kind not in ("channel", "role"):
+            raise ValueError(f"kind must be channel or role, got {kind!r}")
+        key = sa.and_(
+            guild_access.c.guild_id == guild_id,
+            guild_access.c.kind == kind,
+            guild_access.c.target_id == target_id,
+        )
+        async with self._write.begin() as session:
+            before = await self._access(session, guild_id, kind)
+            if allowed:
+                await session.execute(
+                    _insert(self._dialect, guild_access)
+                    .values(guild_id=guild_id, kind=kind, target_id=target_id)
+                    .on_conflict_do_nothing()
+                )
+            else:
+                await session.execute(guild_access.delete().where(key))
+            after = await self._access(session, guild_id, kind)
+        label = "the channels where /animate works" if kind == "channel" else "who may use /animate"
+        return SettingChange(
+            guild_id, actor_id, label, _access_text(kind, before), _access_text(kind, after)
+        )
+
+    async def clear_access(
+        self, guild_id: int, kind: AccessKind, *, actor_id: int
+    ) -> SettingChange:
+        """Lift a restriction: every channel (kind "channel") or everyone (kind "role")."""
+        async with self._write.begin() as session:
+            before = await self._access(session, guild_id, kind)
+            await session.execute(
+                guild_access.delete().where(
+                    guild_access.c.guild_id == guild_id, guild_access.c.kind == kind
+                )
+            )
+        label = "the channels where /animate works" if kind == "channel" else "who may use /animate"
+        return SettingChange(
+            guild_id, actor_id, label, _access_text(kind, before), _access_text(kind, frozenset())
+        )
+
+    async def forget(
+        self, guild_id: int, *, channel_id: int | None = None, role_id: int | None = None
+    ) -> None:
+        """A channel or role was deleted on Discord: drop it from every list of the server."""
+        async with self._write.begin() as session:
+            if channel_id is not None:
+                await session.execute(
+                    guild_access.delete().where(
+                        guild_access.c.guild_id == guild_id,
+                        guild_access.c.kind == "channel",
+                        guild_access.c.target_id == channel_id,
+                    )
+                )
+                await session.execute(
+                    guild_settings.update()
+                    .where(
+                        guild_settings.c.guild_id == guild_id,
+                        guild_settings.c.log_channel_id == channel_id,
+                    )
+                    .values(log_channel_id=None)
+                )
+            if role_id is not None:
+                await session.execute(
+                    guild_access.delete().where(
+                        guild_access.c.guild_id == guild_id,
+                        guild_access.c.kind == "role",
+                        guild_access.c.target_id == role_id,
+                    )
+                )
+                await session.execute(
+                    role_limits.delete().where(
+                        role_limits.c.guild_id == guild_id, role_limits.c.role_id == role_id
+                    )
+                )
+
+    # --- helpers ----------------------------------------------------------------------------------
+
+    async def _locked_row(self, session: AsyncSession, guild_id: int) -> dict[str, Any]:
+        """The guild's row, created empty if missing, locked until commit (PostgreSQL)."""
+        await session.execute(
+            _insert(self._dialect, guild_settings)
+            .values(guild_id=guild_id)
+            .on_conflict_do_nothing()
+        )
+        row = (
+            (
+                await session.execute(
+                    sa.select(guild_settings)
+                    .where(guild_settings.c.guild_id == guild_id)
+                    .with_for_update()
+                )
+            )
+            .mappings()
+            .one()
+        )
+        return {name: row[name] for name in SETTINGS}
+
+    async def _access(
+        self, session: AsyncSession, guild_id: int, kind: AccessKind
+    ) -> frozenset[int]:
+        rows = await session.execute(
+            sa.select(guild_access.c.target_id).where(
+                guild_access.c.guild_id == guild_id, guild_access.c.kind == kind
+            )
+        )
+        return frozenset(int(v) for v in rows.scalars())
+
+
+def _check_choices(
+    row: dict[str, Any], changed: Mapping[str, object], defaults: BotDefaults
+) -> None:
+    """Resolution and duration must suit the server's model; an older choice that no longer
+    does is dropped when the model changes, a new one is refused."""
+    model_id = row["default_model"] or defaults.default_model
+    spec: ModelSpec = CATALOG.get(model_id) or CATALOG[defaults.default_model]
+    resolution = row["default_resolution"]
+    if resolution is not None and resolution not in spec.resolutions:
+        if "default_resolution" in changed:
+            raise SettingRejected(
+                f"{spec.label} does not offer {resolution}; choose {', '.join(spec.resolutions)}."
+            )
+        row["default_resolution"] = None
+    duration = row["default_duration"]
+    if duration is not None and duration not in spec.durations:
+        if "default_duration" in changed:
+            raise SettingRejected(
+                f"{spec.label} makes videos of {', '.join(map(str, spec.durations))} seconds, "
+                f"not {duration}."
+            )
+        row["default_duration"] = None
+
+
+def _shown(config: GuildConfig, name: str) -> str:
+    spec = SETTINGS[name]
+    if name in _EFFECTIVE_NAMES:
+        setting: Effective[Any] = getattr(config, name)
+        text = spec.show(setting.value)
+        return text if setting.own else f"{text} (bot default)"
+    return spec.show(getattr(config, name))
+
+
+def _role_text(row: Mapping[str, Any] | None) -> str:
+    if row is None:
+        return "none"
+    return (
+        f"daily {_role_usd(row['member_daily_usd'])}, "
+        f"monthly {_role_usd(row['member_monthly_usd'])}"
+    )
+
+
+def _access_text(kind: AccessKind, ids: frozenset[int]) -> str:
+    if not ids:
+        return "every channel" if kind == "channel" else "everyone"
+    mark = "#" if kind == "channel" else "@&"
+    return ", ".join(f"<{mark}{i}>" for i in sorted(ids))
+
+
+def _insert(dialect: str, table: sa.Table) -> Any:
+    """INSERT with ON CONFLICT support for the backend."""
+    if dialect == "postgresql":
+        return pg_dialect.insert(table)
+    return sqlite_dialect.insert(table)

@@ -1,0 +1,788 @@
+"""Money: estimates, a ledger, limits checked and reserved atomically, settlement and refunds.
+
+Discord-free. Every figure the bot shows is a sum over the `ledger` table; nothing is kept only
+in memory. A request's life in the ledger:
+
+    reserve (+estimate) ──► settle (+actual − estimate)      the provider charged
+                       └──► release (−estimate)             nothing was charged, or refunded
+
+So the sum of a reservation's rows is what it costs right now: the estimate while the video is
+being made, the real cost once settled, 0 once released. Each reservation is closed at most
+once: a unique index on `reservation_id` admits one settle-or-release row, so a retried settle,
+a settle racing a release, or two workers doing either, record exactly one.
+
+Every row carries the reservation's time in `spent_at`, and the day and month sums (UTC) filter
+on it, so a video accepted at 23:59 and settled at 00:01 counts on the day it was accepted.
+
+Race-freedom: every write to the ledger runs in one transaction that first takes a database
+lock — SQLite: BEGIN IMMEDIATE (the database's single write lock); PostgreSQL: one
+transaction-scoped advisory lock (`pg_advisory_xact_lock`). Under it `reserve` reads the server's
+settings, the member's unfinished jobs and last request, and the day/month sums, then inserts the
+reservation. Two requests racing — in one process or in several sharing the database — are
+therefore checked one after the other, and a limit that fits only one admits only one.
+Amounts are stored as whole micro-dollars, so sums are exact on every backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from bot.catalog import ModelSpec
+from bot.errors import InputRejected, TooManyActiveJobs
+from bot.guild_settings import BotDefaults, GuildConfig, load_config
+from bot.jobs import ACTIVE_STATES, Outcome
+from bot.store import (
+    _ID,
+    _SQLITE_IMMEDIATE,
+    StrEnumType,
+    UTCDateTime,
+    jobs,
+    meta,
+    metadata,
+    require_aware,
+)
+
+log = logging.getLogger(__name__)
+
+MICROS_PER_USD = 1_000_000
+
+# Any constant works; it only has to be the same in every process sharing the database (and
+# differ from bot.store's migration lock).
+_PG_LEDGER_LOCK = 0x616E696D6C656467  # "animledg"
+
+PAUSE_KEY = "submissions_paused_until"
+
+
+class LedgerKind(StrEnum):
+    RESERVE = "reserve"
+    SETTLE = "settle"
+    RELEASE = "release"
+
+
+# --- schema (must match migration 0005) ----------------------------------------------------------
+
+ledger = sa.Table(
+    "ledger",
+    metadata,
+    sa.Column("id", _ID, primary_key=True, autoincrement=True),
+    sa.Column("kind", StrEnumType(LedgerKind), nullable=False),
+    # Set on settle and release rows: the reserve row they close. Unique: closed at most once.
+    sa.Column("reservation_id", sa.BigInteger(), nullable=True),
+    sa.Column("job_id", sa.BigInteger(), nullable=True),
+    sa.Column("requester_id", sa.BigInteger(), nullable=False),
+    sa.Column("guild_id", sa.BigInteger(), nullable=True),
+    sa.Column("amount_micro_usd", sa.BigInteger(), nullable=False),
+    sa.Column("spent_at", UTCDateTime(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("note", sa.Text(), nullable=True),
+    sa.UniqueConstraint("reservation_id", name="uq_ledger_reservation_id"),
+    sa.Index("ix_ledger_spent_at", "spent_at"),
+    sa.Index("ix_ledger_requester_id_spent_at", "requester_id", "spent_at"),
+    sa.Index("ix_ledger_guild_id_spent_at", "guild_id", "spent_at"),
+    sa.Index("ix_ledger_job_id", "job_id"),
+)
+
+
+# --- money ---------------------------------------------------------------------------------------
+
+
+def to_micros(usd: float) -> int:
+    return round(usd * MICROS_PER_USD)
+
+
+def to_usd(micros: int) -> float:
+    return micros / MICROS_PER_USD
+
+
+def format_usd(usd: float) -> str:
+    return f"${max(usd, 0.0):,.2f}"
+
+
+def estimate_usd(
+    spec: ModelSpec, duration: int, resolution: str, model_prices: Mapping[str, float]
+) -> float | None:
+    """Price per second × seconds, or None when nobody knows the price.
+
+    MODEL_PRICES (`model:resolution`, then `model`) wins over the catalogue, so an operator can
+    correct a price that changed as well as add one the catalogue lacks.
+    """
+    for key in (f"{spec.id}:{resolution}", spec.id):
+        if key in model_prices:
+            return round(model_prices[key] * duration, 6)
+    return spec.estimate_usd(duration=duration, resolution=resolution)
+
+
+def discord_time(moment: datetime) -> str:
+    """A Discord timestamp that each reader sees in their own zone, relative ("in 5 hours")."""
+    return f"<t:{int(moment.timestamp())}:R>"
+
+
+def day_start(now: datetime) -> datetime:
+    return require_aware(now).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def month_start(now: datetime) -> datetime:
+    return day_start(now).replace(day=1)
+
+
+def next_day(now: datetime) -> datetime:
+    return day_start(now) + timedelta(days=1)
+
+
+def next_month(now: datetime) -> datetime:
+    start = month_start(now)
+    return (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+
+
+# --- errors (InputRejected: the existing mapping shows the reason, nothing was spent) ------------
+
+
+class LimitReached(InputRejected):
+    """The estimate does not fit a spending limit."""
+
+    def __init__(
+        self, *, limit: str, label: str, left_usd: float, estimate_usd: float, resets_at: datetime
+    ) -> None:
+        self.limit = limit
+        self.label = label
+        self.left_usd = left_usd
+        self.estimate_usd = estimate_usd
+        self.resets_at = resets_at
+        super().__init__(
+            f"This video would cost about {format_usd(estimate_usd)}, but {label} has "
+            f"{format_usd(left_usd)} left. It resets {discord_time(resets_at)} "
+            "(days and months run on UTC). Nothing was spent."
+        )
+
+
+class PriceUnknown(InputRejected):
+    def __init__(self, model_label: str, resolution: str) -> None:
+        self.model_label = model_label
+        super().__init__(
+            f"The bot does not know what {model_label} at {resolution} costs, and spending "
+            "limits are on, so it cannot be used here. Choose another model, or ask the bot's "
+            "owner to set its price (MODEL_PRICES). Nothing was spent."
+        )
+
+
+class CooldownActive(InputRejected):
+    def __init__(self, ready_at: datetime, cooldown_seconds: int) -> None:
+        self.ready_at = ready_at
+        super().__init__(
+            f"Please wait {cooldown_seconds} s between videos; you can start the next one "
+            f"{discord_time(ready_at)}. Nothing was spent."
+        )
+
+
+class SubmissionsPaused(InputRejected):
+    def __init__(self, until: datetime) -> None:
+        self.until = until
+        super().__init__(
+            "The bot's video service account is out of credits, so new videos are paused "
+            f"until {discord_time(until)}. Videos already being made will still arrive."
+        )
+
+
+# --- results -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reservation:
+    id: int
+    requester_id: int
+    guild_id: int | None
+    amount_usd: float
+    job_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class LimitStatus:
+    """One money limit as a member sees it."""
+
+    key: str
+    """member_daily, member_monthly, guild_monthly or bot_monthly."""
+    label: str
+    """Plain words: "your daily allowance", "this server's monthly budget", …"""
+    limit_usd: float
+    """0: no limit."""
+    spent_usd: float
+    """Settled costs plus what is held for videos in progress."""
+    resets_at: datetime
+
+    @property
+    def left_usd(self) -> float | None:
+        """None when there is no limit."""
+        return None if self.limit_usd <= 0 else max(0.0, self.limit_usd - self.spent_usd)
+
+
+@dataclass(frozen=True)
+class Usage:
+    member_today_usd: float
+    member_month_usd: float
+    guild_month_usd: float | None
+    """None in DMs."""
+    bot_month_usd: float
+
+
+@dataclass(frozen=True)
+class _Sums:
+    member_day: int
+    member_month: int
+    guild_month: int
+    bot_month: int
+
+
+# --- the service ---------------------------------------------------------------------------------
+
+
+class Spending:
+    """Reserve, settle, release and sum money; pause submissions when credits run out.
+
+    `unlinked_grace_seconds`: how long a reservation without a job (the request is still being
+    fitted and recorded) counts as an unfinished video for `max_active`.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        defaults: BotDefaults,
+        *,
+        model_prices: Mapping[str, float] | None = None,
+        unlinked_grace_seconds: float = 300.0,
+    ) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self.defaults = defaults
+        self.model_prices: Mapping[str, float] = dict(model_prices or {})
+        self.unlinked_grace = timedelta(seconds=unlinked_grace_seconds)
+        self._read = async_sessionmaker(engine, expire_on_commit=False)
+        self._write = async_sessionmaker(
+            engine.execution_options(**{_SQLITE_IMMEDIATE: True}), expire_on_commit=False
+        )
+
+    def estimate(self, spec: ModelSpec, duration: int, resolution: str) -> float | None:
+        return estimate_usd(spec, duration, resolution, self.model_prices)
+
+    # --- reserving ------------------------------------------------------------------------------
+
+    async def reserve(
+        self,
+        *,
+        requester_id: int,
+        guild_id: int | None,
+        estimate_usd: float | None,
+        now: datetime,
+        role_ids: Collection[int] = (),
+        model_label: str = "this model",
+        resolution: str = "",
+        job_id: int | None = None,
+        note: str | None = None,
+    ) -> Reservation:
+        """Check every limit and hold the estimate, in one locked transaction.
+
+        Refuses (an InputRejected subclass, nothing recorded) when submissions are paused, the
+        member's cooldown has not passed, they have `max_active` unfinished videos, the price is
+        unknown while a money limit applies, or the estimate does not fit any one of: the
+        member's daily and monthly allowance (most generous role, else the server's, else the
+        bot's), the server's monthly budget, the bot's monthly budget. In DMs (guild_id None)
+        only the member and bot limits apply. 0 means no limit.
+        """
+        now = require_aware(now, "now")
+        if estimate_usd is not None and not (math.isfinite(estimate_usd) and estimate_usd >= 0):
+            raise ValueError(f"estimate_usd must be a finite amount >= 0, got {estimate_usd}")
+        async with self._write.begin() as session:
+            await self._lock(session)
+            paused_until = await self._paused_until(session, now)
+            if paused_until is not None:
+                raise SubmissionsPaused(paused_until)
+            config = await load_config(session, guild_id, self.defaults)
+            await self._check_cooldown(session, requester_id, config, now)
+            await self._check_active(session, requester_id, config, now)
+            if estimate_usd is None:
+                if config.any_money_limit:
+                    raise PriceUnknown(model_label, resolution or "this resolution")
+                amount = 0
+            else:
+                amount = to_micros(estimate_usd)
+            statuses = await self._statuses(session, requester_id, config, role_ids, now)
+            _check_fits(statuses, amount)
+            values = {
+                "kind": LedgerKind.RESERVE,
+                "job_id": job_id,
+                "requester_id": requester_id,
+                "guild_id": guild_id,
+                "amount_micro_usd": amount,
+                "spent_at": now,
+                "created_at": now,
+                "note": note,
+            }
+            connection = await session.connection()
+            inserted = (
+                await connection.execute(ledger.insert().values(values))
+            ).inserted_primary_key
+            if not inserted:
+                raise RuntimeError("the reservation's id could not be read back")
+            reservation_id = int(inserted[0])
+        return Reservation(reservation_id, requester_id, guild_id, to_usd(amount), job_id, now)
+
+    async def attach(self, reservation_id: int, job_id: int) -> None:
+        """Link a reservation made before the job row existed to that job."""
+        async with self._write.begin() as session:
+            await session.execute(
+                ledger.update()
+                .where(
+                    sa.or_(ledger.c.id == reservation_id, ledger.c.reservation_id == reservation_id)
+                )
+                .values(job_id=job_id)
+            )
+
+    # --- closing --------------------------------------------------------------------------------
+
+    async def settle(
+        self,
+        reservation_id: int,
+        actual_usd: float | None,
+        *,
+        now: datetime,
+        note: str | None = None,
+    ) -> bool:
+        """Replace the estimate with the provider's real cost (None: keep the estimate).
+
+        True if this call closed the reservation; False if it was already settled or released
+        (or does not exist), in which case nothing changes.
+        """
+        if actual_usd is not None and not (math.isfinite(actual_usd) and actual_usd >= 0):
+            log.warning("reservation %s: ignoring reported cost %r", reservation_id, actual_usd)
+            actual_usd = None
+        return await self._close(reservation_id, LedgerKind.SETTLE, actual_usd, now, note)
+
+    async def release(self, reservation_id: int, *, now: datetime, note: str | None = None) -> bool:
+        """Give the whole estimate back (nothing was charged, or the job is refunded)."""
+        return await self._close(reservation_id, LedgerKind.RELEASE, None, now, note)
+
+    async def reservation_for_job(self, job_id: int) -> Reservation | None:
+        query = (
+            sa.select(ledger)
+            .where(ledger.c.job_id == job_id, ledger.c.kind == LedgerKind.RESERVE)
+            .order_by(ledger.c.id.desc())
+            .limit(1)
+        )
+        async with self._read() as session:
+            row = (await session.execute(query)).mappings().one_or_none()
+        return None if row is None else _reservation(dict(row))
+
+    async def settle_job(
+        self, job_id: int, actual_usd: float | None, *, now: datetime, note: str | None = None
+    ) -> bool:
+        reservation = await self.reservation_for_job(job_id)
+        if reservation is None:
+            return False
+        return await self.settle(reservation.id, actual_usd, now=now, note=note)
+
+    async def release_job(self, job_id: int, *, now: datetime, note: str | None = None) -> bool:
+        reservation = await self.reservation_for_job(job_id)
+        if reservation is None:
+            return False
+        return await self.release(reservation.id, now=now, note=note)
+
+    async def reconcile(self, *, now: datetime, refund_failed_jobs: bool, limit: int = 100) -> int:
+        """Close the reservations of every job whose outcome is known; returns how many.
+
+        Safe to run on every background pass and from several workers (closing is exactly-once),
+        so a crash between a job ending and its settlement is repaired on the next pass:
+        a video → settled at the provider's cost (the estimate if none was reported); never at
+        the provider (no provider id) → released; failed or timed out → released when
+        `refund_failed_jobs`, else settled like a video.
+        """
+        closer = sa.alias(ledger, "closer")
+        query = (
+            sa.select(ledger.c.id, jobs.c.outcome, jobs.c.cost_usd, jobs.c.provider_job_id)
+            .select_from(
+                ledger.join(jobs, jobs.c.id == ledger.c.job_id).outerjoin(
+                    closer, closer.c.reservation_id == ledger.c.id
+                )
+            )
+            .where(
+                ledger.c.kind == LedgerKind.RESERVE,
+                closer.c.id.is_(None),
+                jobs.c.outcome.is_not(None),
+            )
+            .order_by(ledger.c.id)
+            .limit(limit)
+        )
+        async with self._read() as session:
+            rows = (await session.execute(query)).all()
+        closed = 0
+        for reservation_id, outcome, cost_usd, provider_job_id in rows:
+            if provider_job_id is None:
+                done = await self.release(
+                    reservation_id, now=now, note="never reached the provider"
+                )
+            elif outcome != Outcome.VIDEO and refund_failed_jobs:
+                done = await self.release(reservation_id, now=now, note=f"refund: {outcome}")
+            else:
+                done = await self.settle(reservation_id, cost_usd, now=now, note=str(outcome))
+            closed += done
+        return closed
+
+    async def release_unlinked(self, *, now: datetime, older_than_seconds: float) -> int:
+        """Release reservations never linked to a job (the process died between reserving and
+        recording) once they are older than `older_than_seconds`; returns how many."""
+        now = require_aware(now, "now")
+        cutoff = now - timedelta(seconds=older_than_seconds)
+        async with self._read() as session:
+            ids = (
+                (
+                    await session.execute(
+                        _open_reserves()
+                        .with_only_columns(ledger.c.id)
+                        .where(ledger.c.job_id.is_(None), ledger.c.created_at < cutoff)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        released = 0
+        for reservation_id in ids:
+            released += await self.release(reservation_id, now=now, note="never recorded")
+        return released
+
+    # --- figures --------------------------------------------------------------------------------
+
+    async def usage(self, *, requester_id: int, guild_id: int | None, now: datetime) -> Usage:
+        async with self._read() as session:
+            sums = await _sums(session, requester_id, guild_id, now)
+        return Usage(
+            member_today_usd=to_usd(sums.member_day),
+            member_month_usd=to_usd(sums.member_month),
+            guild_month_usd=None if guild_id is None else to_usd(sums.guild_month),
+            bot_month_usd=to_usd(sums.bot_month),
+        )
+
+    async def limits(
+        self,
+        *,
+        requester_id: int,
+        guild_id: int | None,
+        now: datetime,
+        role_ids: Collection[int] = (),
+    ) -> list[LimitStatus]:
+        """Every money limit that applies to this member here, with what is spent and left."""
+        async with self._read() as session:
+            config = await load_config(session, guild_id, self.defaults)
+            return await self._statuses(session, requester_id, config, role_ids, now)
+
+    async def top_spenders(
+        self, *, guild_id: int, now: datetime, limit: int = 10
+    ) -> list[tuple[int, float]]:
+        """(member id, USD this month) in this server, biggest first."""
+        total = sa.func.sum(ledger.c.amount_micro_usd)
+        query = (
+            sa.select(ledger.c.requester_id, total)
+            .where(ledger.c.guild_id == guild_id, ledger.c.spent_at >= month_start(now))
+            .group_by(ledger.c.requester_id)
+            .having(total > 0)
+            .order_by(total.desc(), ledger.c.requester_id)
+            .limit(limit)
+        )
+        async with self._read() as session:
+            rows = (await session.execute(query)).all()
+        return [(int(member), to_usd(int(micros))) for member, micros in rows]
+
+    # --- out-of-credits pause -------------------------------------------------------------------
+
+    async def pause_submissions(self, until: datetime, *, now: datetime) -> bool:
+        """Pause new submissions bot-wide until `until`.
+
+        True only for the call that started the pause (none was in force), so of many jobs and
+        workers hitting "out of credits" at once exactly one announces it. A later `until`
+        extends a running pause without a second announcement.
+        """
+        until = require_aware(until, "until")
+        now = require_aware(now, "now")
+        async with self._write.begin() as session:
+            await self._lock(session)
+            current = await self._paused_until(session, now)
+            if current is not None and current >= until:
+                return False
+            await session.execute(
+                _upsert(self._dialect, meta, {"key": PAUSE_KEY, "value": until.isoformat()}, "key")
+            )
+        return current is None
+
+    async def resume_submissions(self) -> None:
+        async with self._write.begin() as session:
+            await session.execute(meta.delete().where(meta.c.key == PAUSE_KEY))
+
+    async def submissions_paused(self, now: datetime) -> datetime | None:
+        """Until when new submissions are paused, or None."""
+        async with self._read() as session:
+            return await self._paused_until(session, require_aware(now, "now"))
+
+    # --- internals ------------------------------------------------------------------------------
+
+    async def _lock(self, session: AsyncSession) -> None:
+        # SQLite: the session began with BEGIN IMMEDIATE, which already is the lock.
+        if self._dialect == "postgresql":
+            await session.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LEDGER_LOCK}
+            )
+
+    async def _paused_until(self, session: AsyncSession, now: datetime) -> datetime | None:
+        raw = (
+            await session.execute(sa.select(meta.c.value).where(meta.c.key == PAUSE_KEY))
+        ).scalar_one_or_none()
+        if raw is None:
+            return None
+        try:
+            until = datetime.fromisoformat(str(raw))
+        except ValueError:
+            log.warning("ignoring an unreadable %s value in meta", PAUSE_KEY)
+            return None
+        until = until if until.tzinfo else until.replace(tzinfo=UTC)
+        return until if until > now else None
+
+    async def _check_cooldown(
+        self, session: AsyncSession, requester_id: int, config: GuildConfig, now: datetime
+    ) -> None:
+        cooldown = config.cooldown_seconds.value
+        if cooldown <= 0:
+            return
+        # Released requests (refused later, failed and refunded) do not count: trying again
+        # after one of those is not spamming.
+        last: datetime | None = (
+            await session.execute(
+                _open_or_settled_reserves()
+                .with_only_columns(sa.func.max(ledger.c.created_at))
+                .where(ledger.c.requester_id == requester_id)
+            )
+        ).scalar_one_or_none()
+        if last is not None and now < last + timedelta(seconds=cooldown):
+            raise CooldownActive(last + timedelta(seconds=cooldown), cooldown)
+
+    async def _check_active(
+        self, session: AsyncSession, requester_id: int, config: GuildConfig, now: datetime
+    ) -> None:
+        limit = config.max_active.value
+        if limit <= 0:
+            return
+        active_jobs = (
+            await session.execute(
+                sa.select(sa.func.count())
+                .select_from(jobs)
+                .where(jobs.c.requester_id == requester_id, jobs.c.state.in_(ACTIVE_STATES))
+            )
+        ).scalar_one()
+        # Requests reserved but not yet recorded as jobs are unfinished videos too.
+        pending = (
+            await session.execute(
+                _open_reserves()
+                .with_only_columns(sa.func.count())
+                .where(
+                    ledger.c.requester_id == requester_id,
+                    ledger.c.job_id.is_(None),
+                    ledger.c.created_at > now - self.unlinked_grace,
+                )
+            )
+        ).scalar_one()
+        if int(active_jobs) + int(pending) >= limit:
+            raise TooManyActiveJobs(limit)
+
+    async def _statuses(
+        self,
+        session: AsyncSession,
+        requester_id: int,
+        config: GuildConfig,
+        role_ids: Collection[int],
+        now: datetime,
+    ) -> list[LimitStatus]:
+        sums = await _sums(session, requester_id, config.guild_id, now)
+        daily, monthly = config.allowance(role_ids)
+        statuses = [
+            LimitStatus(
+                "member_daily", "your daily allowance", daily, to_usd(sums.member_day),
+                next_day(now),
+            ),
+            LimitStatus(
+                "member_monthly", "your monthly allowance", monthly, to_usd(sums.member_month),
+                next_month(now),
+            ),
+        ]  # fmt: skip
+        if config.guild_id is not None:
+            statuses.append(
+                LimitStatus(
+                    "guild_monthly",
+                    "this server's monthly budget",
+                    config.guild_monthly_usd.value,
+                    to_usd(sums.guild_month),
+                    next_month(now),
+                )
+            )
+        statuses.append(
+            LimitStatus(
+                "bot_monthly",
+                "the bot's monthly budget",
+                config.bot_monthly_usd,
+                to_usd(sums.bot_month),
+                next_month(now),
+            )
+        )
+        return statuses
+
+    async def _close(
+        self,
+        reservation_id: int,
+        kind: LedgerKind,
+        actual_usd: float | None,
+        now: datetime,
+        note: str | None,
+    ) -> bool:
+        now = require_aware(now, "now")
+        async with self._write.begin() as session:
+            await self._lock(session)
+            row = (
+                (
+                    await session.execute(
+                        sa.select(ledger).where(
+                            ledger.c.id == reservation_id, ledger.c.kind == LedgerKind.RESERVE
+                        )
+                    )
+                )
+                .mappings()
+                .one_or_none()
+            )
+            if row is None:
+                log.warning("no reservation %s to %s", reservation_id, kind)
+                return False
+            closed = (
+                await session.execute(
+                    sa.select(ledger.c.id).where(ledger.c.reservation_id == reservation_id)
+                )
+            ).first()
+            if closed is not None:
+                return False
+            reserved = int(row["amount_micro_usd"])
+            if kind == LedgerKind.RELEASE:
+                delta = -reserved
+            else:
+                delta = 0 if actual_usd is None else to_micros(actual_usd) - reserved
+            await session.execute(
+                ledger.insert().values(
+                    kind=kind,
+                    reservation_id=reservation_id,
+                    job_id=row["job_id"],
+                    requester_id=row["requester_id"],
+                    guild_id=row["guild_id"],
+                    amount_micro_usd=delta,
+                    spent_at=row["spent_at"],
+                    created_at=now,
+                    note=note,
+                )
+            )
+        return True
+
+
+def _check_fits(statuses: list[LimitStatus], amount: int) -> None:
+    failing = [
+        s
+        for s in statuses
+        if s.limit_usd > 0 and to_micros(s.spent_usd) + amount > to_micros(s.limit_usd)
+    ]
+    if not failing:
+        return
+    # Name the limit that lasts longest: saying "resets tomorrow" while the monthly budget
+    # would still refuse tomorrow would mislead.
+    worst = max(failing, key=lambda s: s.resets_at)
+    left = worst.left_usd
+    raise LimitReached(
+        limit=worst.key,
+        label=worst.label,
+        left_usd=0.0 if left is None else left,
+        estimate_usd=to_usd(amount),
+        resets_at=worst.resets_at,
+    )
+
+
+def _open_reserves() -> sa.Select[Any]:
+    """Reserve rows that no settle or release row has closed yet."""
+    closer = sa.alias(ledger, "closer")
+    return (
+        sa.select(ledger.c.id)
+        .select_from(ledger.outerjoin(closer, closer.c.reservation_id == ledger.c.id))
+        .where(ledger.c.kind == LedgerKind.RESERVE, closer.c.id.is_(None))
+    )
+
+
+def _open_or_settled_reserves() -> sa.Select[Any]:
+    """Reserve rows that were not released (open, or settled: the member was charged)."""
+    released = sa.alias(ledger, "released")
+    return (
+        sa.select(ledger.c.id)
+        .select_from(
+            ledger.outerjoin(
+                released,
+                sa.and_(
+                    released.c.reservation_id == ledger.c.id,
+                    released.c.kind == LedgerKind.RELEASE,
+                ),
+            )
+        )
+        .where(ledger.c.kind == LedgerKind.RESERVE, released.c.id.is_(None))
+    )
+
+
+async def _sums(
+    session: AsyncSession, requester_id: int, guild_id: int | None, now: datetime
+) -> _Sums:
+    """Every sum one reservation needs, in one scan of this month's rows."""
+    day = day_start(now)
+    amount = ledger.c.amount_micro_usd
+    mine = ledger.c.requester_id == requester_id
+
+    def total(condition: sa.ColumnElement[bool] | None) -> sa.ColumnElement[Any]:
+        value = amount if condition is None else sa.case((condition, amount), else_=0)
+        return sa.func.coalesce(sa.func.sum(value), 0)
+
+    guild_condition = ledger.c.guild_id == guild_id if guild_id is not None else sa.false()
+    query = sa.select(
+        total(sa.and_(mine, ledger.c.spent_at >= day)),
+        total(mine),
+        total(guild_condition),
+        total(None),
+    ).where(ledger.c.spent_at >= month_start(now))
+    member_day, member_month, guild_month, bot_month = (await session.execute(query)).one()
+    return _Sums(int(member_day), int(member_month), int(guild_month), int(bot_month))
+
+
+def _reservation(row: Mapping[str, Any]) -> Reservation:
+    return Reservation(
+        id=int(row["id"]),
+        requester_id=int(row["requester_id"]),
+        guild_id=row["guild_id"],
+        amount_usd=to_usd(int(row["amount_micro_usd"])),
+        job_id=row["job_id"],
+        created_at=row["created_at"],
+    )
+
+
+def _upsert(dialect: str, table: sa.Table, values: dict[str, Any], key: str) -> Any:
+    insert = pg_dialect.insert(table) if dialect == "postgresql" else sqlite_dialect.insert(table)
+    return insert.values(values).on_conflict_do_update(
+        index_elements=[table.c[key]], set_={k: v for k, v in values.items() if k != key}
+    )
