@@ -2,6 +2,12 @@
 
 Loads `.env` (the real environment wins), validates settings (exit 2 with every problem listed,
 no traceback), logs to stdout, then runs until stopped.
+
+Start-up problems (Discord or the database out of reach, a DNS failure, a refused login) are
+logged as one line each, never a traceback. Where waiting can help (network, DNS, a database
+that is not up yet) the whole start is tried again with exponential backoff; when the attempts
+run out the exit code is 1, so a supervisor may restart later. Where waiting cannot help (a bad
+token, a bad URL, a refused database login) the exit code is 2 at once.
 """
 
 from __future__ import annotations
@@ -10,18 +16,65 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+import sqlite3
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
+import aiohttp
 import discord
 from dotenv import load_dotenv
 
-from bot.config import Settings
+from bot.config import Settings, mask_url_password
 from bot.errors import ConfigError
+
+if TYPE_CHECKING:
+    from bot.discord_bot import AnimateBot
 
 log = logging.getLogger("bot")
 
 USAGE = "usage: python -m bot [sync]"
+
+EXIT_GAVE_UP = 1
+"""A start-up problem that waiting might fix persisted through every attempt."""
+EXIT_CANNOT_HELP = 2
+"""Configuration or a start-up problem that waiting cannot fix (token, URL, database login)."""
+
+
+@dataclass(frozen=True)
+class StartupRetry:
+    """How long start-up keeps trying when waiting can help.
+
+    The defaults wait 1, 2, 4, 8, 16, 30 and 30 s between 8 attempts: about 1.5 minutes, enough
+    for a network or a database that comes up together with the bot.
+    """
+
+    attempts: int = 8
+    first_delay: float = 1.0
+    max_delay: float = 30.0
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        return float(min(self.max_delay, self.first_delay * 2 ** (attempt - 1)))
+
+
+@dataclass(frozen=True)
+class StartupProblem:
+    """What went wrong, in one sentence for the operator, and whether waiting can help."""
+
+    message: str
+    transient: bool
+
+
+class StartupFailed(Exception):
+    """Start-up gave up; the message is the one line to log."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def configure_logging(level: str) -> None:
@@ -32,31 +85,237 @@ def configure_logging(level: str) -> None:
     logging.getLogger("discord").setLevel(max(logging.INFO, getattr(logging, level)))
 
 
-async def run(settings: Settings, *, sync_only: bool) -> None:
-    from bot.discord_bot import AnimateBot, point_discord_at
+# --- explaining start-up failures ----------------------------------------------------------------
 
-    point_discord_at(settings)
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and everything it wraps (SQLAlchemy's `.orig`, `__cause__`, `__context__`)."""
+    found: list[BaseException] = []
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or any(current is seen for seen in found):
+            continue
+        found.append(current)
+        orig = getattr(current, "orig", None)
+        pending += [orig if isinstance(orig, BaseException) else None]
+        pending += [current.__cause__, current.__context__]
+    return found
+
+
+def _os_reason(error: BaseException | None) -> str:
+    """A few words for a connection error, without the exception's own text."""
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, ConnectionResetError):
+        return "connection reset"
+    if isinstance(error, socket.gaierror):
+        return "host name not found"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror.lower()
+    return "connection failed"
+
+
+def explain_discord_failure(exc: BaseException, settings: Settings) -> StartupProblem | None:
+    """One line for a failure talking to Discord's REST API at start-up, or None if unknown."""
+    url = mask_url_password(settings.discord_api_base_url)
+    check = "Check the network connection, or DISCORD_API_BASE_URL if you set it."
+    if isinstance(exc, discord.LoginFailure):
+        return StartupProblem(
+            "Discord rejected DISCORD_TOKEN. Check the token in your environment or .env.",
+            transient=False,
+        )
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return StartupProblem(
+            f"The secure connection to Discord at {url} failed (TLS certificate or handshake). "
+            "Check DISCORD_API_BASE_URL and the machine's CA certificates.",
+            transient=False,
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, aiohttp.ClientConnectorDNSError) or isinstance(
+            exc.os_error, socket.gaierror
+        ):
+            return StartupProblem(
+                f"Cannot look up the address of {exc.host} (DNS) to reach Discord at {url}. "
+                + check,
+                transient=True,
+            )
+        return StartupProblem(
+            f"Cannot reach Discord at {url} ({_os_reason(exc.os_error)}). " + check,
+            transient=True,
+        )
+    if isinstance(exc, aiohttp.InvalidURL):
+        return StartupProblem(f"DISCORD_API_BASE_URL {url!r} is not a usable URL.", transient=False)
+    if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
+        reason = "no answer in time" if isinstance(exc, TimeoutError) else "connection lost"
+        return StartupProblem(
+            f"Discord at {url} did not answer ({reason}). " + check, transient=True
+        )
+    if isinstance(exc, discord.DiscordServerError):
+        return StartupProblem(
+            f"Discord at {url} answered with a server error (HTTP {exc.status}).", transient=True
+        )
+    if isinstance(exc, discord.HTTPException):
+        detail = f": {exc.text[:120]}" if exc.text else ""
+        return StartupProblem(
+            f"Discord at {url} refused a start-up request with HTTP {exc.status}{detail}. "
+            "Check DISCORD_API_BASE_URL and DEV_GUILD_ID, and that the bot was invited with "
+            "the applications.commands scope.",
+            transient=False,
+        )
+    return None
+
+
+def explain_database_failure(exc: BaseException, settings: Settings) -> StartupProblem | None:
+    """One line for a failure opening the job store, or None if unknown (a bug: traceback)."""
+    url = settings.safe_database_url
+    try:
+        parts = urlsplit(settings.database_url)
+        host, user = parts.hostname, parts.username
+    except ValueError:
+        host = user = None
+    causes = _causes(exc)
+    if settings.database_url.startswith("sqlite"):
+        for cause in causes:
+            if isinstance(cause, OSError | sqlite3.Error):
+                what = _os_reason(cause) if isinstance(cause, OSError) else str(cause)[:120]
+                return StartupProblem(
+                    f"Cannot open the SQLite database {url} ({what}). Check that DATABASE_URL "
+                    "names a file in a folder the bot may write to.",
+                    transient=False,
+                )
+        return None
+    for cause in causes:
+        sqlstate = getattr(cause, "sqlstate", None)
+        if not isinstance(sqlstate, str):
+            continue
+        if sqlstate == "28P01":
+            return StartupProblem(
+                f"The database at {url} refused the login: wrong password for user {user!r}. "
+                "Check the password in DATABASE_URL.",
+                transient=False,
+            )
+        if sqlstate.startswith("28"):
+            return StartupProblem(
+                f"The database at {url} refused the login for user {user!r} (unknown user or "
+                "not allowed to connect). Check the user in DATABASE_URL.",
+                transient=False,
+            )
+        if sqlstate == "3D000":
+            return StartupProblem(
+                f"The database named in DATABASE_URL ({url}) does not exist on that server.",
+                transient=False,
+            )
+        if sqlstate in ("57P03", "53300") or sqlstate.startswith("08"):
+            return StartupProblem(
+                f"The database at {url} is not accepting connections yet (PostgreSQL error "
+                f"{sqlstate}).",
+                transient=True,
+            )
+        if sqlstate == "42501":
+            return StartupProblem(
+                f"The database user {user!r} at {url} may not create or change the bot's "
+                "tables (permission denied). Grant it rights on the database's public schema.",
+                transient=False,
+            )
+    for cause in causes:
+        if isinstance(cause, socket.gaierror):
+            return StartupProblem(
+                f"Cannot look up the address of the database host {host} (DNS). "
+                "Check the network, or the host in DATABASE_URL.",
+                transient=True,
+            )
+        if isinstance(cause, OSError):
+            return StartupProblem(
+                f"Cannot reach the database at {url} ({_os_reason(cause)}). Check that the "
+                "database server is running and DATABASE_URL names it.",
+                transient=True,
+            )
+        if isinstance(cause, ValueError | OverflowError):
+            return StartupProblem(
+                f"DATABASE_URL ({url}) is not a usable database URL.", transient=False
+            )
+    return None
+
+
+def explain_startup_failure(exc: BaseException, settings: Settings) -> StartupProblem | None:
+    """One line for a known start-up failure; None for anything else (a bug keeps its traceback)."""
+    from bot.discord_bot import DatabaseUnavailable
+
+    if isinstance(exc, DatabaseUnavailable):
+        return explain_database_failure(exc, settings)
+    return explain_discord_failure(exc, settings)
+
+
+# --- running -------------------------------------------------------------------------------------
+
+
+async def serve(bot: AnimateBot) -> None:
+    """Connect to the gateway and run until a stop signal or a crash of the bot itself."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = asyncio.create_task(bot.connect(), name="discord-bot")
+    stopper = asyncio.create_task(stop.wait(), name="stop-signal")
+    done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if stopper in done:
+        log.info("stop signal received; shutting down")
+        await bot.close()
+    stopper.cancel()
+    await runner  # re-raises a crash of the bot itself
+
+
+async def start_once(settings: Settings, *, sync_only: bool) -> StartupProblem | None:
+    """One whole start (log in, open the store, sync, serve); a known failure is returned.
+
+    A fresh bot each time: a half-started one (sessions, store) is closed by `async with`.
+    """
+    from bot.discord_bot import AnimateBot
+
     bot = AnimateBot(settings, sync_mode="force" if sync_only else "auto")
-    token = settings.discord_token.reveal()
     async with bot:
-        if sync_only:
-            await bot.login(token)  # setup_hook runs here and syncs
-            return
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        runner = asyncio.create_task(bot.start(token), name="discord-bot")
-        stopper = asyncio.create_task(stop.wait(), name="stop-signal")
-        done, _ = await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stopper in done:
-            log.info("stop signal received; shutting down")
-            await bot.close()
-        stopper.cancel()
-        await runner  # re-raises a crash of the bot itself
+        try:
+            await bot.login(settings.discord_token.reveal())  # setup_hook runs here
+        except Exception as exc:
+            problem = explain_startup_failure(exc, settings)
+            if problem is None:
+                raise
+            return problem
+        if not sync_only:
+            await serve(bot)
+    return None
 
 
-def main(argv: list[str]) -> int:
+async def run(settings: Settings, *, sync_only: bool, retry: StartupRetry | None = None) -> None:
+    from bot.discord_bot import point_discord_at
+
+    retry = retry or StartupRetry()
+    point_discord_at(settings)
+    attempt = 1
+    while (problem := await start_once(settings, sync_only=sync_only)) is not None:
+        if not problem.transient:
+            raise StartupFailed(problem.message, EXIT_CANNOT_HELP)
+        if attempt >= retry.attempts:
+            plural = "s" if attempt != 1 else ""
+            raise StartupFailed(
+                f"{problem.message} Gave up after {attempt} attempt{plural}.", EXIT_GAVE_UP
+            )
+        delay = retry.delay_after(attempt)
+        log.warning(
+            "%s Trying again in %g s (attempt %d of %d).",
+            problem.message,
+            delay,
+            attempt,
+            retry.attempts,
+        )
+        await asyncio.sleep(delay)
+        attempt += 1
+
+
+def main(argv: list[str], *, retry: StartupRetry | None = None) -> int:
     if argv not in ([], ["sync"]):
         print(USAGE, file=sys.stderr)
         return 2
@@ -70,10 +329,10 @@ def main(argv: list[str]) -> int:
     configure_logging(settings.log_level)
     log.info("starting (model %s, database %s)", settings.default_model, settings.safe_database_url)
     try:
-        asyncio.run(run(settings, sync_only=argv == ["sync"]))
-    except discord.LoginFailure:
-        log.error("Discord rejected DISCORD_TOKEN. Check the token in your environment or .env.")
-        return 2
+        asyncio.run(run(settings, sync_only=argv == ["sync"], retry=retry))
+    except StartupFailed as exc:
+        log.error("%s", exc)
+        return exc.exit_code
     except KeyboardInterrupt:
         pass
     return 0

@@ -36,6 +36,10 @@ def point_discord_at(settings: Settings) -> None:
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(settings.discord_gateway_url)
 
 
+class DatabaseUnavailable(Exception):
+    """The job store could not be opened at start-up; ``__cause__`` says why."""
+
+
 class AnimateBot(commands.Bot):
     service: JobService
     store: JobStore
@@ -70,7 +74,11 @@ class AnimateBot(commands.Bot):
             total=None, sock_connect=15, sock_read=self.settings.http_timeout_seconds
         )
         self.session = aiohttp.ClientSession(timeout=timeout)
-        self.store = await JobStore.open(self.settings.database_url)
+        try:
+            self.store = await JobStore.open(self.settings.database_url)
+        except Exception as exc:
+            # Marked, so the launcher can tell a database problem from a Discord one.
+            raise DatabaseUnavailable(self.settings.safe_database_url) from exc
         provider = ProviderClient(
             self.session,
             base_url=self.settings.aimlapi_base_url,

@@ -2,7 +2,8 @@
 
 These are the restart-safety tests: the process is killed (SIGKILL, no clean-up) while a job is
 being submitted, polled or uploaded, then started again. Every job must still end with exactly
-one video in its thread.
+one video in its thread. Then the start-up failures: each is one log line, no traceback, with
+exit code 1 after retrying (waiting might help) or 2 at once (it cannot).
 """
 
 from __future__ import annotations
@@ -10,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,9 +27,34 @@ from PIL import Image
 
 from tests.fake_discord import FakeDiscord, FakeMessage
 from tests.fake_provider import FakeProvider
+from tests.postgres import SUPERUSER, PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 32
+RETRY_LINE = "Trying again in"
+
+
+def bot_command(*, attempts: int | None = None) -> list[str]:
+    """`python -m bot`, or the same entry point with a short retry policy (fast tests)."""
+    if attempts is None:
+        return [sys.executable, "-m", "bot"]
+    code = (
+        "import sys; from bot.__main__ import StartupRetry, main; "
+        f"sys.exit(main([], retry=StartupRetry(attempts={attempts}, first_delay=0.01)))"
+    )
+    return [sys.executable, "-c", code]
+
+
+@contextmanager
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections: bound, never listening, so nobody takes it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield int(sock.getsockname()[1])
+
+
+def problem_lines(output: str, text: str) -> list[str]:
+    return [line for line in output.splitlines() if text in line]
 
 
 def photo() -> bytes:
@@ -126,6 +155,21 @@ class Fakes:
 
     def logs(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("*.log")))
+
+    async def run_to_exit(
+        self, log_name: str, *, attempts: int | None = None, **overrides: str
+    ) -> tuple[int, str]:
+        """Run the bot with some settings changed until it exits; its exit code and output."""
+        with (self.tmp / log_name).open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                *bot_command(attempts=attempts),
+                cwd=self.tmp,
+                env={**self.environment(), **overrides},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            returncode = await asyncio.wait_for(process.wait(), timeout=60)
+        return returncode, (self.tmp / log_name).read_text(errors="replace")
 
 
 @pytest.fixture
@@ -268,3 +312,156 @@ async def test_sync_command_forces_a_global_sync_and_exits(fakes: Fakes) -> None
     ]
     assert len(global_puts) == 2  # forced both times, unlike a normal start
     assert fakes.discord.identify_payloads == []  # it never connected to the gateway
+
+
+# --- start-up failures ----------------------------------------------------------------------------
+
+
+def run_without_fakes(
+    tmp_path: Path, *, attempts: int | None = None, **overrides: str
+) -> subprocess.CompletedProcess[str]:
+    environment = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "PYTHONPATH": str(REPO),
+        "DISCORD_TOKEN": "MTAx.fake.token-that-is-never-sent",
+        "AIMLAPI_KEY": "test-key",
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+        **overrides,
+    }
+    return subprocess.run(
+        bot_command(attempts=attempts),
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_discord_unreachable_is_retried_then_one_line_and_exit_1(tmp_path: Path) -> None:
+    with closed_port() as port:
+        url = f"http://127.0.0.1:{port}/api/v10"
+        result = run_without_fakes(tmp_path, attempts=3, DISCORD_API_BASE_URL=url)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    problem = f"Cannot reach Discord at {url} (connection refused)"
+    [*retries, final] = problem_lines(output, problem)
+    assert len(retries) == 2 and all(RETRY_LINE in line for line in retries)
+    assert "attempt 1 of 3" in retries[0] and "attempt 2 of 3" in retries[1]
+    assert "Gave up after 3 attempts" in final and "ERROR" in final
+    assert "DISCORD_API_BASE_URL" in final and "network" in final
+    assert "Traceback" not in output
+
+
+def test_dns_failure_names_the_host_and_is_retried(tmp_path: Path) -> None:
+    # .invalid never resolves (RFC 6761); the lookup fails without any connection being made.
+    url = "https://discord-api.nonexistent.invalid/api/v10"
+    result = run_without_fakes(tmp_path, attempts=2, DISCORD_API_BASE_URL=url)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    lines = problem_lines(output, "Cannot look up the address of discord-api.nonexistent.invalid")
+    assert len(lines) == 2, output
+    assert RETRY_LINE in lines[0] and "Gave up after 2 attempts" in lines[1]
+    assert "DISCORD_API_BASE_URL" in lines[1]
+    assert "Traceback" not in output
+
+
+async def test_wrong_token_is_one_line_and_exit_2_without_retrying(fakes: Fakes) -> None:
+    code, output = await fakes.run_to_exit(
+        "token.log", attempts=5, DISCORD_TOKEN="MTAx.wrong.token-value"
+    )
+    assert code == 2, output
+    [line] = problem_lines(output, "Discord rejected DISCORD_TOKEN")
+    assert "ERROR" in line
+    assert RETRY_LINE not in output
+    assert "wrong.token-value" not in output
+
+
+async def test_database_unreachable_is_retried_with_the_password_masked(fakes: Fakes) -> None:
+    with closed_port() as port:
+        code, output = await fakes.run_to_exit(
+            "database.log",
+            attempts=2,
+            DATABASE_URL=f"postgres://animate:hunter2-secret@127.0.0.1:{port}/animate",
+        )
+    assert code == 1, output
+    masked = f"postgresql+asyncpg://animate:***@127.0.0.1:{port}/animate"
+    lines = problem_lines(output, f"Cannot reach the database at {masked} (connection refused)")
+    assert len(lines) == 2, output
+    assert RETRY_LINE in lines[0] and "Gave up after 2 attempts" in lines[1]
+    assert "hunter2-secret" not in output
+    assert fakes.discord.identify_payloads == []  # it never went on line without its database
+
+
+@contextmanager
+def role_with_password(server: PostgresServer, password: str) -> Iterator[str]:
+    """A role that must give its password (the test server trusts everyone else)."""
+    role = f"pw_{uuid.uuid4().hex[:12]}"
+    psql = str(server.bindir / "psql")
+    admin = [psql, "-h", "127.0.0.1", "-p", str(server.port), "-U", SUPERUSER, "-d", "test"]
+    hba = server.data / "pg_hba.conf"
+    original = hba.read_text()
+    subprocess.run([*admin, "-c", f"CREATE ROLE {role} LOGIN PASSWORD '{password}'"], check=True)
+    try:
+        # The first matching line wins, so this one goes on top; a reload applies it.
+        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n{original}")
+        subprocess.run([*admin, "-c", "SELECT pg_reload_conf()"], check=True, capture_output=True)
+        yield role
+    finally:
+        hba.write_text(original)
+        subprocess.run([*admin, "-c", "SELECT pg_reload_conf()"], check=True, capture_output=True)
+        subprocess.run([*admin, "-c", f"DROP ROLE {role}"], check=True, capture_output=True)
+
+
+async def wait_until_password_required(server: PostgresServer, role: str) -> None:
+    """pg_reload_conf only signals the server; wait until a wrong password is really refused."""
+    import asyncpg
+
+    for _ in range(100):
+        try:
+            connection = await asyncpg.connect(
+                host="127.0.0.1", port=server.port, user=role, password="probe", database="test"
+            )
+        except asyncpg.InvalidPasswordError:
+            return
+        await connection.close()
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server never started asking for the password")
+
+
+async def test_database_refusing_the_password_is_one_line_and_exit_2(
+    fakes: Fakes, postgres_server: PostgresServer
+) -> None:
+    with role_with_password(postgres_server, "right-password") as role:
+        await wait_until_password_required(postgres_server, role)
+        url = f"postgres://{role}:wrong-password@127.0.0.1:{postgres_server.port}/test"
+        code, output = await fakes.run_to_exit("login.log", attempts=5, DATABASE_URL=url)
+    assert code == 2, output
+    [line] = problem_lines(output, "refused the login: wrong password")
+    assert f"postgresql+asyncpg://{role}:***@127.0.0.1:{postgres_server.port}/test" in line
+    assert RETRY_LINE not in output
+    assert "wrong-password" not in output and "right-password" not in output
+
+
+async def test_database_refusing_an_unknown_user_is_one_line_and_exit_2(
+    fakes: Fakes, postgres_server: PostgresServer
+) -> None:
+    url = f"postgres://nobody_here:pw@127.0.0.1:{postgres_server.port}/test"
+    code, output = await fakes.run_to_exit("user.log", attempts=5, DATABASE_URL=url)
+    assert code == 2, output
+    [line] = problem_lines(output, "refused the login for user 'nobody_here'")
+    assert re.search(r"nobody_here:\*\*\*@", line)
+    assert RETRY_LINE not in output
+
+
+async def test_an_sqlite_file_that_cannot_be_created_is_one_line_and_exit_2(fakes: Fakes) -> None:
+    # /proc accepts no new folders, whoever runs the tests.
+    code, output = await fakes.run_to_exit(
+        "sqlite.log", attempts=5, DATABASE_URL="sqlite:////proc/animate-bot/jobs.db"
+    )
+    assert code == 2, output
+    [line] = problem_lines(output, "Cannot open the SQLite database")
+    assert "/proc/animate-bot/jobs.db" in line and "DATABASE_URL" in line
+    assert RETRY_LINE not in output
