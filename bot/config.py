@@ -70,7 +70,12 @@ class Settings:
     poll_max_interval_seconds: float = 30.0
     job_timeout_seconds: float = 1200.0
     max_concurrent_polls: int = 8
-    lease_seconds: float = 300.0
+    # Leases are renewed while their work runs, so a short one is safe and lets another worker
+    # take over a dead process's jobs quickly.
+    lease_seconds: float = 30.0
+    max_concurrent_deliveries: int = 4
+    # A download that has not finished by then (a stalled CDN) is given up and linked instead.
+    download_timeout_seconds: float = 300.0
     max_active_jobs_per_user: int = 3
     # Spending limits in USD; 0 means no limit. Small on purpose: one default video (Sora 2 Pro,
     # 720p, 4 s) costs $1.20, and every limit can be raised once the bill is understood.
@@ -139,7 +144,13 @@ class Settings:
             "max_concurrent_polls": reader.get(
                 "MAX_CONCURRENT_POLLS", cls.max_concurrent_polls, _positive_int
             ),
-            "lease_seconds": reader.get("LEASE_SECONDS", cls.lease_seconds, _positive_float),
+            "lease_seconds": reader.get("LEASE_SECONDS", cls.lease_seconds, _lease_seconds),
+            "max_concurrent_deliveries": reader.get(
+                "MAX_CONCURRENT_DELIVERIES", cls.max_concurrent_deliveries, _positive_int
+            ),
+            "download_timeout_seconds": reader.get(
+                "DOWNLOAD_TIMEOUT_SECONDS", cls.download_timeout_seconds, _positive_float
+            ),
             "max_active_jobs_per_user": reader.get(
                 "MAX_ACTIVE_JOBS_PER_USER", cls.max_active_jobs_per_user, _positive_int
             ),
@@ -267,6 +278,17 @@ def _positive_float(raw: str) -> float:
         raise ValueError(f"must be a number, got {raw!r}") from None
     if not value > 0:
         raise ValueError(f"must be greater than 0, got {raw}")
+    return value
+
+
+MIN_LEASE_SECONDS = 3.0
+
+
+def _lease_seconds(raw: str) -> float:
+    value = _positive_float(raw)
+    if value < MIN_LEASE_SECONDS:
+        # Renewal happens every third of a lease; shorter would race the database's own latency.
+        raise ValueError(f"must be at least {MIN_LEASE_SECONDS:.0f} seconds, got {raw}")
     return value
 
 

@@ -112,8 +112,13 @@ class Job:
     """Time counted against JOB_TIMEOUT_SECONDS; the bot's own downtime is not counted."""
     delivery_note: str | None = None
     """What happened while posting (the thread was gone, posted elsewhere), for the status."""
+    delivery_target: str | None = None
+    """None: the thread or channel; "channel": the thread is gone; "dm": the channel is too."""
 
     @property
     def delivery_channel_id(self) -> int:
-        """Where results go: the job's thread, or the channel when no thread could be used."""
-        return self.thread_id if self.thread_id is not None else self.channel_id
+        """Where results go: the job's thread, or the channel when no thread could be used (or
+        the thread has since been deleted). Meaningless when `delivery_target` is "dm"."""
+        if self.thread_id is None or self.delivery_target == "channel":
+            return self.channel_id
+        return self.thread_id

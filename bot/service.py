@@ -9,16 +9,18 @@ injectable clock so tests and benchmarks never sleep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
+import shutil
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from bot.catalog import CATALOG, ModelSpec
 from bot.config import Settings
@@ -50,14 +52,39 @@ from bot.store import JobStore
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time (lease renewals run on it)."""
 
 
 class SystemClock:
     def now(self) -> datetime:
         return datetime.now(UTC)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class DestinationGone(BotError):
+    """The place results go no longer exists or is closed to the bot (thread deleted, bot
+    removed from the channel, DMs closed); the service moves on to the next place."""
+
+
+class LeaseLost(BotError):
+    """Another worker took over a job this worker was working on; stop before doing it twice."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """Where a job's status message and results live, once announced in Discord."""
+
+    thread_id: int | None
+    status_message_id: int | None
 
 
 class UploadRejected(BotError):
@@ -81,6 +108,10 @@ class Delivery(Protocol):
 
     async def post_failure(self, job: Job, reason: str) -> int:
         """Tell the requester in plain words that no video is coming, and why."""
+
+
+# Every post_* call goes to the job's destination (`Job.delivery_channel_id`, or the requester's
+# DMs when `Job.delivery_target` is "dm") and raises DestinationGone when that place is gone.
 
 
 @dataclass(frozen=True)
@@ -169,6 +200,21 @@ class FixedPollSchedule(PollSchedule):
         return self.min_interval
 
 
+# Seconds assumed for a model that has left the catalogue while its jobs were running: they keep
+# polling on an ordinary schedule instead of failing (the provider still has them).
+UNKNOWN_MODEL_TYPICAL_SECONDS = 120.0
+
+# When a submit request may have reached the provider but its answer was never recorded, the job
+# is resubmitted only this long after the submitting worker's lease ran out. The provider has no
+# idempotency key, so a resubmit may pay twice: we wait well past the time a live worker keeps
+# retrying the write of the provider's id (see JobService._durably), so only a worker that is
+# truly gone is replaced. Without any submit in flight, an expired lease is taken at once.
+SUBMIT_IN_FLIGHT_GRACE_SECONDS = 600.0
+
+# Retries of the write that records the provider's id after a paid submit: 1, 2, 4 … 60 s.
+DURABLE_WRITE_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0)
+
+
 class JobService:
     MAX_DELIVERY_ATTEMPTS = 8
     DELIVERY_RETRY_BASE_SECONDS = 15.0
@@ -182,6 +228,7 @@ class JobService:
         clock: Clock | None = None,
         worker_id: str | None = None,
         rng: Callable[[], float] = random.random,
+        retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -195,7 +242,17 @@ class JobService:
             max_pixels=settings.max_image_pixels,
             min_side=settings.min_image_side,
         )
+        self._retry_sleep = retry_sleep
         self._poll_slots = asyncio.Semaphore(settings.max_concurrent_polls)
+        # Deliveries (download + upload) run as tasks of their own, so a slow one never holds
+        # up polling; at most max_concurrent_deliveries of them at once in this process.
+        self._deliveries: dict[int, asyncio.Task[None]] = {}
+        # Downloaded videos kept between delivery attempts, so a retry does not fetch again.
+        self._videos: dict[int, DownloadedVideo] = {}
+        self._video_dir: Path | None = None
+        # A poll that arrives this much after its planned time is late because of us (down,
+        # backlogged); the lateness does not count against the member's timeout.
+        self._late_grace = max(2 * settings.poll_tick_seconds, 5.0)
 
     # --- accepting a request -------------------------------------------------------------------
 
@@ -242,6 +299,32 @@ class JobService:
         )
         return PreparedRequest(request, spec, duration, resolution, image)
 
+    async def start(
+        self,
+        prepared: PreparedRequest,
+        announce: Callable[[Job], Coroutine[Any, Any, Conversation]],
+    ) -> Job:
+        """Record, announce (the Discord layer posts the status message) and submit a job.
+
+        The submit lease is renewed for the whole time, so however slow the announcement (Discord
+        429 waits, say), no background pass can submit the job a second time.
+        """
+        job = await self.record(prepared)
+        renew = self._submit_renewer(job.id)
+        try:
+            conversation = await self._while_holding(renew, announce(job))
+        except Exception:
+            # The user hears that it failed, so it must not be submitted (and charged) later.
+            # (A cancelled command, at shutdown, is instead submitted by the next start.)
+            await self.abandon(job, "the status message could not be posted")
+            raise
+        job = await self.set_conversation(
+            job,
+            thread_id=conversation.thread_id,
+            status_message_id=conversation.status_message_id,
+        )
+        return await self.submit(job)
+
     async def record(self, prepared: PreparedRequest) -> Job:
         """Store the accepted job before anything is spent, so nothing can be lost after this."""
         req = prepared.request
@@ -265,9 +348,10 @@ class JobService:
                 interaction_id=req.interaction_id,
             ),
             now=now,
-            # Leased from the start: if we crash before submitting, the loop submits it after
-            # the lease; until then the loop leaves it to us.
+            # Leased to us from the start: if we crash before submitting, the loop submits it
+            # after the lease; until then the loop leaves it to us.
             submit_lease_until=now + timedelta(seconds=self.settings.lease_seconds),
+            worker=self.worker_id,
         )
         log.info(
             "job %s: recorded (model %s, %s, %ss)", job.id, job.model, job.resolution, job.duration
@@ -312,19 +396,44 @@ class JobService:
         return updated or job
 
     async def submit(self, job: Job) -> Job:
-        """Send a recorded job to the provider. Raises ProviderError if it was refused."""
-        spec = CATALOG[job.model]
+        """Send a recorded job to the provider. Raises ProviderError if it was refused.
+
+        Only the worker holding the job's submit lease sends it, and it checks that it still
+        holds it right before the request leaves; the lease is renewed while the call runs.
+        """
+        spec = CATALOG.get(job.model)
+        if spec is None:
+            await self._conclude(
+                job,
+                Outcome.FAILED,
+                error=f"The model {job.model} is no longer offered by this bot.",
+                from_states=[JobState.SUBMITTING],
+            )
+            return (await self.store.get(job.id)) or job
         if job.image_data is None:
             raise RuntimeError(f"job {job.id} has no image left to submit")
+        image_url = await asyncio.to_thread(jpeg_data_uri, job.image_data)  # ~1 MB of base64
         body = spec.build_request(
             prompt=job.prompt,
-            image_url=jpeg_data_uri(job.image_data),
+            image_url=image_url,
             duration=job.duration,
             resolution=job.resolution,
             orientation="portrait" if job.orientation == "portrait" else "landscape",
         )
+        held = await self.store.hold_submit(
+            job.id,
+            worker=self.worker_id,
+            now=self.clock.now(),
+            lease_seconds=self.settings.lease_seconds,
+            sending=True,
+        )
+        if held is None:
+            log.info("job %s: no longer ours to submit; leaving it", job.id)
+            return (await self.store.get(job.id)) or job
         try:
-            state = await self.provider.submit(body)
+            state = await self._while_holding(
+                self._submit_renewer(job.id), self.provider.submit(body)
+            )
         except ProviderRateLimited as exc:
             # 429 means no job was created, so waiting and trying again costs nothing.
             now = self.clock.now()
@@ -342,6 +451,7 @@ class JobService:
                 from_states=[JobState.SUBMITTING],
                 now=now,
                 provider_status="rate_limited",
+                submit_sent_at=None,  # certainly not at the provider
                 next_poll_at=now + timedelta(seconds=delay),
             )
             return updated or job
@@ -353,16 +463,24 @@ class JobService:
             raise
         now = self.clock.now()
         log.info("job %s: submitted as %s (%s)", job.id, state.id, state.status)
-        updated = await self.store.transition(
-            job.id,
-            from_states=[JobState.SUBMITTING],
-            to_state=JobState.POLLING,
-            now=now,
-            provider_job_id=state.id,
-            provider_status=state.status,
-            submitted_at=now,
-            image_data=None,  # no longer needed once the provider has it
-            next_poll_at=now + timedelta(seconds=self.schedule.first_delay(spec.typical_seconds)),
+        # The provider has a paid job now: its id must reach the database, or the job would be
+        # submitted (and paid for) again. Retried; the in-flight rule protects it meanwhile.
+        updated = await self._durably(
+            f"job {job.id}: record provider job {state.id}",
+            lambda: self.store.transition(
+                job.id,
+                from_states=[JobState.SUBMITTING],
+                to_state=JobState.POLLING,
+                now=now,
+                provider_job_id=state.id,
+                provider_status=state.status,
+                submitted_at=now,
+                last_checked_at=now,
+                waited_seconds=0.0,
+                image_data=None,  # no longer needed once the provider has it
+                next_poll_at=now
+                + timedelta(seconds=self.schedule.first_delay(spec.typical_seconds)),
+            ),
         )
         if updated is None:
             raise RuntimeError(f"job {job.id} left 'submitting' while being submitted")
@@ -370,30 +488,157 @@ class JobService:
             updated = await self._apply_state(updated, state)
         return updated
 
+    async def _durably(self, what: str, write: Callable[[], Awaitable[Job | None]]) -> Job | None:
+        """Run a database write that must not be lost, retrying through database errors."""
+        for attempt, delay in enumerate((*DURABLE_WRITE_DELAYS, None)):
+            try:
+                return await write()
+            except Exception as exc:
+                if delay is None:
+                    log.error("%s: gave up after %d database errors", what, attempt + 1)
+                    raise
+                log.warning(
+                    "%s: database error (%s); retrying in %.0f s", what, type(exc).__name__, delay
+                )
+                await self._retry_sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # --- leases ----------------------------------------------------------------------------------
+
+    def _submit_renewer(self, job_id: int) -> Callable[[], Awaitable[bool]]:
+        async def renew() -> bool:
+            held = await self.store.hold_submit(
+                job_id,
+                worker=self.worker_id,
+                now=self.clock.now(),
+                lease_seconds=self.settings.lease_seconds,
+            )
+            return held is not None
+
+        return renew
+
+    def _delivery_renewer(self, job_id: int) -> Callable[[], Awaitable[bool]]:
+        async def renew() -> bool:
+            return await self.store.hold_delivery(
+                job_id,
+                worker=self.worker_id,
+                now=self.clock.now(),
+                lease_seconds=self.settings.lease_seconds,
+            )
+
+        return renew
+
+    async def _while_holding(
+        self, renew: Callable[[], Awaitable[bool]], work: Coroutine[Any, Any, T]
+    ) -> T:
+        """Run `work`, renewing a lease every third of its length until it finishes.
+
+        A renewal that finds the lease taken over cancels the work (LeaseLost): someone else is
+        doing it now. A renewal that fails (database away) is logged and tried again.
+        """
+        task: asyncio.Task[T] = asyncio.ensure_future(work)
+        lost = False
+
+        async def keep() -> None:
+            nonlocal lost
+            while not task.done():
+                await self.clock.sleep(self.settings.lease_seconds / 3)
+                if task.done():
+                    return
+                try:
+                    held = await renew()
+                except Exception as exc:
+                    log.warning("could not renew a lease (%s); retrying", type(exc).__name__)
+                    continue
+                if not held:
+                    lost = True
+                    task.cancel()
+                    return
+
+        keeper = asyncio.create_task(keep())
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if lost and not _current_task_cancelling():
+                raise LeaseLost("another worker took over") from None
+            raise
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
     # --- the background loop -------------------------------------------------------------------
 
     async def run_due(self, delivery: Delivery) -> int:
-        """One pass: resubmit interrupted jobs, poll due ones, deliver finished ones.
+        """One pass: resubmit interrupted jobs, poll due ones, start deliveries of finished ones.
 
         Returns how many jobs were touched. Each job is isolated: one failure never stops the
-        others or the loop.
+        others or the loop. Deliveries run as tasks of their own; the pass never waits for them.
         """
         now = self.clock.now()
         touched = 0
-        for job in await self.store.due_for_submit(now, limit=self.settings.max_concurrent_polls):
+        for job in await self.store.due_for_submit(
+            now,
+            limit=self.settings.max_concurrent_polls,
+            in_flight_grace_seconds=SUBMIT_IN_FLIGHT_GRACE_SECONDS,
+        ):
             touched += 1
             await self._guarded(job, self._resubmit(job, delivery))
         due = await self.store.due_for_poll(now, limit=self.settings.max_concurrent_polls * 4)
         touched += len(due)
         await asyncio.gather(*(self._guarded(job, self._poll(job, delivery)) for job in due))
-        ready = await self.store.due_for_delivery(now, limit=self.settings.max_concurrent_polls)
-        touched += len(ready)
-        await asyncio.gather(*(self._guarded(job, self.deliver(job, delivery)) for job in ready))
+        free = self.settings.max_concurrent_deliveries - len(self._deliveries)
+        if free > 0:
+            # Ask for a few more than we can take: some may be running here already.
+            ready = await self.store.due_for_delivery(now, limit=free + len(self._deliveries))
+            for job in ready:
+                if job.id in self._deliveries or free <= 0:
+                    continue
+                free -= 1
+                touched += 1
+                self._start_delivery(job, delivery)
         return touched
+
+    def _start_delivery(self, job: Job, delivery: Delivery) -> None:
+        task = asyncio.create_task(
+            self._guarded(job, self.deliver(job, delivery)), name=f"deliver-job-{job.id}"
+        )
+        self._deliveries[job.id] = task
+        task.add_done_callback(lambda _: self._deliveries.pop(job.id, None))
+
+    @property
+    def deliveries_running(self) -> int:
+        return len(self._deliveries)
+
+    async def wait_for_deliveries(self) -> None:
+        """Wait until every delivery this process started has finished (tests, benchmarks)."""
+        while self._deliveries:
+            await asyncio.gather(*self._deliveries.values(), return_exceptions=True)
+
+    async def shutdown(self, grace_seconds: float) -> None:
+        """Let running deliveries finish for up to `grace_seconds`, then hand the rest back.
+
+        A handed-back delivery keeps its state with an expired lease, so the next worker (or
+        the next start) takes it up at once; an earlier post is found before posting again.
+        """
+        running = list(self._deliveries.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        await asyncio.to_thread(self._remove_video_dir)
 
     async def _guarded(self, job: Job, work: Awaitable[object]) -> None:
         try:
             await work
+        except LeaseLost:
+            log.info("job %s: another worker took over; stopped here", job.id)
         except Exception:
             log.exception("job %s: unexpected error in the background loop", job.id)
 
@@ -403,24 +648,26 @@ class JobService:
             # A request stuck behind a long provider outage is not charged days later.
             await self._time_out(job, now, from_states=[JobState.SUBMITTING])
             return
-        if job.model not in CATALOG:
-            await self._conclude(
-                job,
-                Outcome.FAILED,
-                error=f"The model {job.model} is no longer offered by this bot.",
-                from_states=[JobState.SUBMITTING],
-            )
-            return
         leased = await self.store.claim_submit(
-            job.id, now=now, lease_seconds=self.settings.lease_seconds
+            job.id,
+            now=now,
+            lease_seconds=self.settings.lease_seconds,
+            worker=self.worker_id,
+            in_flight_grace_seconds=SUBMIT_IN_FLIGHT_GRACE_SECONDS,
         )
         if leased is None:
             return  # another worker took it
+        if leased.submit_sent_at is not None:
+            log.warning(
+                "job %s: an earlier submit may have reached the provider but was never recorded; "
+                "submitting again (it may be charged twice)",
+                job.id,
+            )
         log.info("job %s: resubmitting (attempt %s)", job.id, leased.submit_attempts)
         try:
             updated = await self.submit(leased)
         except ProviderError:
-            return  # recorded as failed by _submit; delivery reports it
+            return  # recorded as failed by submit; delivery reports it
         if updated.state == JobState.POLLING:
             await self._safe_status(delivery, updated)
 
@@ -428,10 +675,7 @@ class JobService:
         if job.provider_job_id is None:
             raise RuntimeError(f"job {job.id} is polling without a provider id")
         async with self._poll_slots:
-            now = self.clock.now()
-            if self._deadline_passed(job, now):
-                await self._time_out(job, now)
-                return
+            # Always ask the provider, even past the deadline: it may have finished in time.
             try:
                 state = await self.provider.fetch(job.provider_job_id)
             except ProviderNotFound as exc:
@@ -481,9 +725,13 @@ class JobService:
                 )
                 or job
             )
-        spec = CATALOG[job.model]
+        waited = self._waited(job, now)
+        if waited >= self.settings.job_timeout_seconds:
+            # That was the last look; it is still not done.
+            await self._time_out(job, now, waited=waited)
+            return (await self.store.get(job.id)) or job
         elapsed = (now - (job.submitted_at or now)).total_seconds()
-        delay = self.schedule.next_delay(elapsed=elapsed, typical=spec.typical_seconds)
+        delay = self.schedule.next_delay(elapsed=elapsed, typical=self._typical_seconds(job))
         updated = await self.store.transition(
             job.id,
             from_states=[JobState.POLLING],
@@ -491,17 +739,23 @@ class JobService:
             provider_status=state.status,
             poll_attempts=job.poll_attempts + 1,
             consecutive_errors=0,
-            next_poll_at=now + timedelta(seconds=delay),
+            last_checked_at=now,
+            waited_seconds=waited,
+            next_poll_at=now + timedelta(seconds=self._until_deadline(delay, waited)),
         )
         return updated or job
 
     async def _poll_error(self, job: Job, exc: ProviderError) -> None:
         now = self.clock.now()
+        waited = self._waited(job, now)
+        if waited >= self.settings.job_timeout_seconds:
+            await self._time_out(job, now, waited=waited)
+            return
         errors = job.consecutive_errors + 1
-        spec = CATALOG[job.model]
         delay = self.schedule.next_delay(
-            elapsed=0, typical=spec.typical_seconds, consecutive_errors=errors
+            elapsed=0, typical=self._typical_seconds(job), consecutive_errors=errors
         )
+        delay = self._until_deadline(delay, waited)
         log.warning(
             "job %s: poll failed (%s); next try in %.0f s", job.id, type(exc).__name__, delay
         )
@@ -511,18 +765,48 @@ class JobService:
             now=now,
             poll_attempts=job.poll_attempts + 1,
             consecutive_errors=errors,
+            last_checked_at=now,
+            waited_seconds=waited,
             next_poll_at=now + timedelta(seconds=delay),
         )
 
+    @staticmethod
+    def _typical_seconds(job: Job) -> float:
+        spec = CATALOG.get(job.model)
+        return spec.typical_seconds if spec is not None else UNKNOWN_MODEL_TYPICAL_SECONDS
+
+    def _waited(self, job: Job, now: datetime) -> float:
+        """Time this job has waited that counts against the member's timeout.
+
+        Each gap between two looks counts as planned; lateness beyond a small grace (the bot
+        was down, or behind on its work) is the bot's, not the member's, and does not count.
+        """
+        last = job.last_checked_at or job.submitted_at or job.created_at
+        elapsed = max(0.0, (now - last).total_seconds())
+        planned_at = job.next_poll_at or last
+        planned = max(0.0, (planned_at - last).total_seconds())
+        late = max(0.0, (now - planned_at).total_seconds())
+        return job.waited_seconds + min(elapsed, planned + min(late, self._late_grace))
+
+    def _until_deadline(self, delay: float, waited: float) -> float:
+        """A poll never lands after the deadline: the last one is right at it."""
+        remaining = self.settings.job_timeout_seconds - waited
+        return max(1.0, min(delay, remaining))
+
     def _deadline_passed(self, job: Job, now: datetime) -> bool:
-        started = job.submitted_at or job.created_at
-        return (now - started).total_seconds() > self.settings.job_timeout_seconds
+        """For jobs not yet at the provider (stuck behind 429s): wall time since the request."""
+        return (now - job.created_at).total_seconds() > self.settings.job_timeout_seconds
 
     async def _time_out(
-        self, job: Job, now: datetime, *, from_states: list[JobState] | None = None
+        self,
+        job: Job,
+        now: datetime,
+        *,
+        waited: float | None = None,
+        from_states: list[JobState] | None = None,
     ) -> None:
-        started = job.submitted_at or job.created_at
-        waited = (now - started).total_seconds()
+        if waited is None:
+            waited = (now - job.created_at).total_seconds()
         log.warning("job %s: timed out after %.0f s", job.id, waited)
         await self._conclude(
             job,
@@ -578,22 +862,68 @@ class JobService:
         if claimed is None:
             return False
         try:
-            message_id = None
-            if claimed.delivery_attempts > 1:
-                message_id = await self._find_earlier_post(claimed, delivery)
-            if message_id is None:
-                message_id = await self._post_outcome(claimed, delivery)
+            message_id = await self._while_holding(
+                self._delivery_renewer(job.id), self._deliver_claimed(claimed, delivery)
+            )
+        except LeaseLost:
+            raise
+        except asyncio.CancelledError:
+            # Shutdown: hand the job back so the next worker takes it up at once.
+            await self.store.release_delivery(job.id, worker=self.worker_id, now=self.clock.now())
+            log.info("job %s: delivery handed back at shutdown", job.id)
+            raise
         except Exception:
             log.exception("job %s: delivery attempt %s failed", job.id, claimed.delivery_attempts)
-            await self._retry_delivery_later(claimed, delivery)
+            await self._retry_delivery_later(job.id, delivery)
             return False
         done = await self.store.finish_delivery(
             job.id, worker=self.worker_id, now=self.clock.now(), message_id=message_id
         )
+        await self._forget_video(job.id)
         if done:
             await self.refresh_status(delivery, job.id)
             log.info("job %s: delivered (%s)", job.id, claimed.outcome)
         return done
+
+    async def _deliver_claimed(self, job: Job, delivery: Delivery) -> int | None:
+        """Post the outcome, moving to the next place when the usual one is gone.
+
+        Returns the message id, or None when the requester could not be reached anywhere.
+        """
+        if job.delivery_attempts > 1:
+            found = await self._find_earlier_post(job, delivery)
+            if found is not None:
+                return found
+        while True:
+            try:
+                return await self._post_outcome(job, delivery)
+            except DestinationGone:
+                moved = await self._next_destination(job)
+                if moved is None:
+                    return None
+                job = moved
+
+    async def _next_destination(self, job: Job) -> Job | None:
+        """Thread → its channel → the requester's DMs → nowhere (said in the status)."""
+        if job.delivery_target is None and job.thread_id is not None:
+            target: str | None = "channel"
+            note = "The thread was deleted, so the result was posted in the channel."
+        elif job.delivery_target != "dm":
+            target = "dm"
+            note = "The bot could not post in the channel any more, so it sent you a DM."
+        else:
+            target = None
+            note = "The bot could not post the result: the channel is gone and your DMs are closed."
+        log.warning("job %s: destination gone; %s", job.id, "moving to " + (target or "nowhere"))
+        changes: dict[str, Any] = {"delivery_note": note}
+        if target is not None:
+            changes["delivery_target"] = target
+        updated = await self.store.transition(
+            job.id, from_states=[JobState.DELIVERING], now=self.clock.now(), **changes
+        )
+        if updated is None:
+            raise LeaseLost("the job left 'delivering'")
+        return updated if target is not None else None
 
     async def _find_earlier_post(self, job: Job, delivery: Delivery) -> int | None:
         """An earlier attempt may have posted before dying: look before posting again."""
@@ -616,47 +946,77 @@ class JobService:
         await self._safe_status(delivery, job)
         url = job.result_url
         cap = min(self.settings.max_video_bytes, max(job.upload_limit_bytes, 1))
-        with tempfile.TemporaryDirectory(prefix=f"job{job.id}-") as tmp:
-            try:
-                video = await self.provider.download(url, Path(tmp), max_bytes=cap)
-            except VideoTooLarge:
-                return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
-            except ProviderError as exc:
-                log.warning("job %s: download failed (%s); posting the link", job.id, exc)
-                return await delivery.post_link(
-                    job, url, "The bot could not fetch the file, so here is the provider's link."
-                )
-            try:
-                return await delivery.post_video(job, video)
-            except UploadRejected:
-                return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
+        try:
+            video = await self._fetch_video(job, url, cap)
+        except VideoTooLarge:
+            return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
+        except TimeoutError:
+            log.warning("job %s: download did not finish in time; posting the link", job.id)
+            return await delivery.post_link(
+                job, url, "The video could not be fetched in time, so here is the provider's link."
+            )
+        except ProviderError as exc:
+            log.warning("job %s: download failed (%s); posting the link", job.id, exc)
+            return await delivery.post_link(
+                job, url, "The bot could not fetch the file, so here is the provider's link."
+            )
+        try:
+            return await delivery.post_video(job, video)
+        except UploadRejected:
+            return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
 
-    async def _retry_delivery_later(self, job: Job, delivery: Delivery) -> None:
+    async def _fetch_video(self, job: Job, url: str, cap: int) -> DownloadedVideo:
+        """Download once per job and keep it until delivered: a retry reuses the file."""
+        kept = self._videos.get(job.id)
+        if kept is not None and kept.path.exists():
+            return kept
+        directory = await asyncio.to_thread(self._job_video_dir, job.id)
+        async with asyncio.timeout(self.settings.download_timeout_seconds):
+            video = await self.provider.download(url, directory, max_bytes=cap)
+        self._videos[job.id] = video
+        return video
+
+    def _job_video_dir(self, job_id: int) -> Path:
+        if self._video_dir is None:
+            self._video_dir = Path(tempfile.mkdtemp(prefix=f"animate-{self.worker_id}-"))
+        directory = self._video_dir / f"job{job_id}"
+        directory.mkdir(exist_ok=True)
+        return directory
+
+    async def _forget_video(self, job_id: int) -> None:
+        self._videos.pop(job_id, None)
+        if self._video_dir is not None:
+            directory = self._video_dir / f"job{job_id}"
+            await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
+
+    def _remove_video_dir(self) -> None:
+        if self._video_dir is not None:
+            shutil.rmtree(self._video_dir, ignore_errors=True)
+            self._video_dir = None
+            self._videos.clear()
+
+    async def _retry_delivery_later(self, job_id: int, delivery: Delivery) -> None:
+        job = await self.store.get(job_id)
+        if job is None or job.state != JobState.DELIVERING:
+            return
         now = self.clock.now()
         if job.delivery_attempts >= self.MAX_DELIVERY_ATTEMPTS:
             await self._give_up_delivery(job, delivery, now)
             return
         # Keep the claim but let it lapse after a growing pause; the next claim is the retry.
-        delay = min(
-            self.settings.lease_seconds,
-            self.DELIVERY_RETRY_BASE_SECONDS * math.pow(2, job.delivery_attempts - 1),
-        )
+        delay = self.DELIVERY_RETRY_BASE_SECONDS * math.pow(2, job.delivery_attempts - 1)
         await self.store.transition(
             job.id,
             from_states=[JobState.DELIVERING],
             now=now,
-            delivery_lease_until=now + timedelta(seconds=delay),
+            delivery_lease_until=now + timedelta(seconds=min(delay, 600.0)),
         )
 
     async def _give_up_delivery(self, job: Job, delivery: Delivery, now: datetime) -> None:
-        link = f" Here is the provider's link: {job.result_url}" if job.result_url else ""
-        reason = f"The bot could not post here (Discord kept refusing).{link}"
-        log.error(
-            "job %s: giving up delivery after %s attempts; result %s",
-            job.id,
-            job.delivery_attempts,
-            job.result_url,
-        )
+        log.error("job %s: giving up delivery after %s attempts", job.id, job.delivery_attempts)
+        reason = "The bot could not post here (Discord kept refusing)."
+        if job.result_url:
+            reason += " The provider's link is on this message."
         await self.store.transition(
             job.id,
             from_states=[JobState.DELIVERING],
@@ -665,6 +1025,7 @@ class JobService:
             error_message=reason,
         )
         await self.store.finish_delivery(job.id, worker=self.worker_id, now=now, message_id=None)
+        await self._forget_video(job.id)
         # The status message may still be reachable when the thread is not.
         await self.refresh_status(delivery, job.id)
 
@@ -680,6 +1041,11 @@ class JobService:
             await delivery.show_status(job)
         except Exception:
             log.warning("job %s: could not update the status message", job.id, exc_info=True)
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _too_large_reason(limit: int) -> str:

@@ -161,6 +161,7 @@ jobs = sa.Table(
     sa.Column("last_checked_at", UTCDateTime(), nullable=True),
     sa.Column("waited_seconds", sa.Double(), nullable=False, server_default="0"),
     sa.Column("delivery_note", sa.Text(), nullable=True),
+    sa.Column("delivery_target", sa.Text(), nullable=True),
     # The loop's hot queries: due polls by time, and the per-user quota.
     sa.Index("ix_jobs_state_next_poll_at", "state", "next_poll_at"),
     sa.Index("ix_jobs_requester_id_state", "requester_id", "state"),
@@ -353,11 +354,16 @@ class JobStore:
     # --- single jobs ----------------------------------------------------------------------------
 
     async def create(
-        self, new: NewJob, *, now: datetime, submit_lease_until: datetime | None = None
+        self,
+        new: NewJob,
+        *,
+        now: datetime,
+        submit_lease_until: datetime | None = None,
+        worker: str | None = None,
     ) -> Job:
         """Record an accepted request as `submitting`; counters start at 0, times at `now`.
 
-        `submit_lease_until` leases the submission to the caller in the same INSERT, so no
+        `submit_lease_until` leases the submission to `worker` in the same INSERT, so no
         background pass can pick the job up (and pay for it twice) before the caller submits.
         """
         now = require_aware(now, "now")
@@ -367,6 +373,7 @@ class JobStore:
             values.update(
                 next_poll_at=require_aware(submit_lease_until, "submit_lease_until"),
                 submit_attempts=1,
+                submit_worker=worker,
             )
         insert = jobs.insert().values(values)
         async with self._write.begin() as session:
@@ -405,24 +412,54 @@ class JobStore:
             values["state"] = JobState(to_state)
         return await self._update_one(job_id, jobs.c.state.in_(states), values)
 
-    async def claim_submit(self, job_id: int, *, now: datetime, lease_seconds: float) -> Job | None:
+    async def claim_submit(
+        self,
+        job_id: int,
+        *,
+        now: datetime,
+        lease_seconds: float,
+        worker: str | None = None,
+        in_flight_grace_seconds: float = 0.0,
+    ) -> Job | None:
         """Lease a `submitting` job whose (re)submission is due: next_poll_at moves a lease ahead.
 
         next_poll_at doubles as the submit lease: a worker submitting the job keeps it in the
-        future, so only a crashed (or rate-limited, now due) submission is picked up again.
+        future, so only a crashed (or rate-limited, now due) submission is picked up again. A job
+        whose request may already have reached the provider (`submit_sent_at` set) is taken only
+        `in_flight_grace_seconds` after its lease ran out (see JobService for the rule).
         """
         now = require_aware(now, "now")
         lease = _lease(lease_seconds)
-        due = sa.and_(
-            jobs.c.state == JobState.SUBMITTING,
-            sa.or_(jobs.c.next_poll_at.is_(None), jobs.c.next_poll_at <= now),
-        )
+        grace = in_flight_grace_seconds
+        due = sa.and_(jobs.c.state == JobState.SUBMITTING, _submit_due(now, grace))
         values = {
             "next_poll_at": now + lease,
             "submit_attempts": jobs.c.submit_attempts + 1,
+            "submit_worker": worker,
             "updated_at": now,
         }
         return await self._update_one(job_id, due, values)
+
+    async def hold_submit(
+        self,
+        job_id: int,
+        *,
+        worker: str,
+        now: datetime,
+        lease_seconds: float,
+        sending: bool = False,
+    ) -> Job | None:
+        """Renew `worker`'s submit lease; None if the job is no longer `worker`'s to submit.
+
+        With `sending`, also records that the request is about to leave (`submit_sent_at`): the
+        last check before money is spent.
+        """
+        now = require_aware(now, "now")
+        held = sa.and_(jobs.c.state == JobState.SUBMITTING, jobs.c.submit_worker == worker)
+        values: dict[str, Any] = {"next_poll_at": now + _lease(lease_seconds), "updated_at": now}
+        if sending:
+            values["submit_sent_at"] = now
+        return await self._update_one(job_id, held, values)
 
     async def claim_delivery(
         self, job_id: int, *, worker: str, now: datetime, lease_seconds: float
@@ -446,6 +483,22 @@ class JobStore:
             "updated_at": now,
         }
         return await self._update_one(job_id, claimable, values)
+
+    async def hold_delivery(
+        self, job_id: int, *, worker: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        """Renew `worker`'s delivery lease while it downloads or uploads; False if lost."""
+        now = require_aware(now, "now")
+        held = sa.and_(jobs.c.state == JobState.DELIVERING, jobs.c.delivery_worker == worker)
+        values = {"delivery_lease_until": now + _lease(lease_seconds), "updated_at": now}
+        return await self._update_one(job_id, held, values) is not None
+
+    async def release_delivery(self, job_id: int, *, worker: str, now: datetime) -> bool:
+        """Hand an unfinished delivery back (at shutdown): any worker may claim it at once."""
+        now = require_aware(now, "now")
+        held = sa.and_(jobs.c.state == JobState.DELIVERING, jobs.c.delivery_worker == worker)
+        values = {"delivery_lease_until": now, "updated_at": now}
+        return await self._update_one(job_id, held, values) is not None
 
     async def finish_delivery(
         self, job_id: int, *, worker: str, now: datetime, message_id: int | None
@@ -479,15 +532,14 @@ class JobStore:
         )
         return await self._select_many(query)
 
-    async def due_for_submit(self, now: datetime, limit: int) -> list[Job]:
+    async def due_for_submit(
+        self, now: datetime, limit: int, *, in_flight_grace_seconds: float = 0.0
+    ) -> list[Job]:
         """`submitting` jobs whose submit lease (next_poll_at) is unset or has run out."""
         now = require_aware(now, "now")
         query = (
             sa.select(*_JOB_COLUMNS)
-            .where(
-                jobs.c.state == JobState.SUBMITTING,
-                sa.or_(jobs.c.next_poll_at.is_(None), jobs.c.next_poll_at <= now),
-            )
+            .where(jobs.c.state == JobState.SUBMITTING, _submit_due(now, in_flight_grace_seconds))
             .order_by(sa.func.coalesce(jobs.c.next_poll_at, jobs.c.created_at), jobs.c.id)
             .limit(limit)
         )
@@ -613,6 +665,16 @@ def _lease(lease_seconds: float) -> timedelta:
     if not lease_seconds > 0:
         raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
     return timedelta(seconds=lease_seconds)
+
+
+def _submit_due(now: datetime, in_flight_grace_seconds: float) -> sa.ColumnElement[bool]:
+    """The submit lease has run out (and, if a request may be in flight, the grace too)."""
+    in_flight_cutoff = now - timedelta(seconds=in_flight_grace_seconds)
+    return sa.or_(
+        jobs.c.next_poll_at.is_(None),
+        sa.and_(jobs.c.submit_sent_at.is_(None), jobs.c.next_poll_at <= now),
+        sa.and_(jobs.c.submit_sent_at.is_not(None), jobs.c.next_poll_at <= in_flight_cutoff),
+    )
 
 
 def _lease_expired(now: datetime) -> sa.ColumnElement[bool]:

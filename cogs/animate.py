@@ -20,7 +20,7 @@ from discord.ext import commands, tasks
 from bot.catalog import CATALOG
 from bot.errors import BotError, ImageRejected, InputRejected, user_message
 from bot.jobs import Job
-from bot.service import AnimateRequest, JobService, PreparedRequest
+from bot.service import AnimateRequest, Conversation, JobService, PreparedRequest
 from cogs.delivery import DiscordDelivery, first_frame_file, status_embed, thread_name
 
 if TYPE_CHECKING:
@@ -113,6 +113,8 @@ class Animate(commands.Cog):
                 await asyncio.wait_for(asyncio.shield(task), timeout=10)
             except TimeoutError:
                 self.background.cancel()
+        # Deliveries in progress get a moment to finish; the rest are handed back at once.
+        await self.service.shutdown(grace_seconds=15)
 
     @tasks.loop(seconds=2.0)
     async def background(self) -> None:
@@ -208,21 +210,17 @@ class Animate(commands.Cog):
                 interaction_id=interaction.id,
             )
         )
-        job = await self.service.record(prepared)
-        try:
+
+        async def announce(job: Job) -> Conversation:
             where, thread_id, status_id = await self._open_conversation(interaction, job, prepared)
-            job = await self.service.set_conversation(
-                job, thread_id=thread_id, status_message_id=status_id
-            )
-        except Exception:
-            # The user hears that it failed, so it must not be submitted (and charged) later.
-            # (A cancelled command, at shutdown, is instead submitted by the next start.)
-            await self.service.abandon(job, "the status message could not be posted")
-            raise
-        await self.service.submit(job)
+            announced.append(where)
+            return Conversation(thread_id=thread_id, status_message_id=status_id)
+
+        announced: list[str] = []
+        job = await self.service.start(prepared, announce)
         # Cosmetic from here on: the job is paid for and will be delivered whatever happens.
         await self.service.refresh_status(self.delivery, job.id)
-        await interaction.followup.send(f"Started! {where}", ephemeral=True)
+        await interaction.followup.send(f"Started! {announced[0]}", ephemeral=True)
 
     async def _read_image(self, attachment: discord.Attachment) -> bytes:
         limit = self.bot.settings.max_image_bytes

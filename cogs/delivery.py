@@ -15,7 +15,7 @@ import discord
 from bot.catalog import CATALOG
 from bot.jobs import Job, JobState, Outcome
 from bot.provider import DownloadedVideo
-from bot.service import UploadRejected
+from bot.service import DestinationGone, UploadRejected
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,10 @@ def status_embed(job: Job) -> discord.Embed:
         embed.add_field(
             name="Why", value=_clip(job.error_message or "Unknown reason.", 1000), inline=False
         )
+        if job.result_url is not None:
+            _add_link(embed, job.result_url)
+    if job.delivery_note:
+        embed.add_field(name="Note", value=_clip(job.delivery_note, 1000), inline=False)
     embed.set_thumbnail(url=f"attachment://{FIRST_FRAME_FILENAME}")
     embed.set_footer(text=f"Job {job.id}")
     return embed
@@ -113,13 +117,55 @@ def requester_only(job: Job) -> discord.AllowedMentions:
     )
 
 
-def result_embed(job: Job, *, extra: str | None = None) -> discord.Embed:
+# Discord's limits: a link button's URL, an embed's title URL, an embed's description.
+BUTTON_URL_LIMIT = 512
+EMBED_URL_LIMIT = 2048
+EMBED_DESCRIPTION_LIMIT = 4096
+
+
+def _add_link(embed: discord.Embed, url: str) -> None:
+    """The provider's link in the embed, whatever its length (a field holds 1,024 characters)."""
+    if len(url) <= EMBED_URL_LIMIT:
+        embed.url = url  # the title becomes the link
+        if embed.title is None:
+            embed.title = "▶️ Open the video"
+    link = f"[Open the video]({url})"
+    if len(url) <= 1000:
+        embed.add_field(name="Link", value=link, inline=False)
+    elif len(link) + len(embed.description or "") + 2 <= EMBED_DESCRIPTION_LIMIT:
+        embed.description = f"{link}\n\n{embed.description or ''}".rstrip()
+
+
+def result_embed(job: Job, *, extra: str | None = None, link: str | None = None) -> discord.Embed:
     embed = discord.Embed(description=_clip(job.prompt, 1500), colour=_COLOURS[phase(job)])
     embed.add_field(name="Settings", value=settings_line(job), inline=False)
-    if extra:
-        embed.add_field(name="Note", value=extra, inline=False)
+    for note in (extra, job.delivery_note):
+        if note:
+            embed.add_field(name="Note", value=_clip(note, 1000), inline=False)
+    if link is not None:
+        _add_link(embed, link)
     embed.set_footer(text=result_footer(job))
     return embed
+
+
+def link_button(url: str) -> discord.ui.View | None:
+    """A button that opens the video, where Discord allows one (URLs up to 512 characters)."""
+    if len(url) > BUTTON_URL_LIMIT:
+        return None
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label="Open the video", url=url))
+    return view
+
+
+def jump_url(job: Job) -> str | None:
+    if job.guild_id is None or job.status_message_id is None:
+        return None
+    return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.status_message_id}"
+
+
+# Discord's answers that mean "this place is gone or closed to the bot": Unknown Channel,
+# Missing Access, Missing Permissions, Cannot send messages to this user, Thread is archived.
+_GONE_CODES = frozenset({10003, 50001, 50013, 50007, 50083})
 
 
 class DiscordDelivery:
@@ -131,6 +177,14 @@ class DiscordDelivery:
     def _channel(self, channel_id: int) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(channel_id)
 
+    async def _destination(self, job: Job) -> discord.abc.Messageable:
+        if job.delivery_target == "dm":
+            try:
+                return await self.client.create_dm(discord.Object(id=job.requester_id))
+            except discord.HTTPException as exc:
+                raise DestinationGone(f"no DM channel with the requester ({exc.status})") from exc
+        return self._channel(job.delivery_channel_id)
+
     async def show_status(self, job: Job) -> None:
         if job.status_message_id is None:
             return
@@ -140,29 +194,55 @@ class DiscordDelivery:
     async def find_delivered(self, job: Job) -> int | None:
         me = self.client.user
         marker = result_footer(job)
+        destination = await self._destination(job)
         # Newest first: a result posted by a dead attempt is among the latest messages.
-        async for message in self._channel(job.delivery_channel_id).history(limit=200):
+        async for message in destination.history(limit=200):
             if me is not None and message.author.id != me.id:
                 continue
             if any(embed.footer.text == marker for embed in message.embeds):
                 return message.id
         return None
 
+    def _greeting(self, job: Job, text: str) -> str:
+        if job.delivery_target != "dm":
+            return f"<@{job.requester_id}> {text}"
+        where = jump_url(job)
+        origin = f" (you asked for it here: {where})" if where else ""
+        return f"{text}{origin}"
+
     async def _send(
-        self, job: Job, content: str, embed: discord.Embed, file: discord.File | None = None
+        self,
+        job: Job,
+        content: str,
+        embed: discord.Embed,
+        file: discord.File | None = None,
+        view: discord.ui.View | None = None,
     ) -> int:
-        channel = self._channel(job.delivery_channel_id)
+        destination = await self._destination(job)
         # Discord drops a second message with the same nonce (enforce_nonce), a second guard
         # against double posting besides the claim in the store.
         nonce = f"animate-result-{job.id}"
-        if file is None:
-            message = await channel.send(
-                content, embed=embed, allowed_mentions=requester_only(job), nonce=nonce
-            )
-        else:
-            message = await channel.send(
-                content, embed=embed, file=file, allowed_mentions=requester_only(job), nonce=nonce
-            )
+        mentions = requester_only(job)
+        try:
+            if file is not None:
+                message = await destination.send(
+                    content, embed=embed, file=file, allowed_mentions=mentions, nonce=nonce
+                )
+            elif view is not None:
+                message = await destination.send(
+                    content, embed=embed, view=view, allowed_mentions=mentions, nonce=nonce
+                )
+            else:
+                message = await destination.send(
+                    content, embed=embed, allowed_mentions=mentions, nonce=nonce
+                )
+        except (discord.NotFound, discord.Forbidden) as exc:
+            if isinstance(exc, discord.NotFound) or exc.code in _GONE_CODES:
+                log.info(
+                    "job %s: destination refused (HTTP %s, code %s)", job.id, exc.status, exc.code
+                )
+                raise DestinationGone(f"HTTP {exc.status} code {exc.code}") from exc
+            raise
         return message.id
 
     async def post_video(self, job: Job, video: DownloadedVideo) -> int:
@@ -171,7 +251,7 @@ class DiscordDelivery:
         file = discord.File(video.path, filename=f"animate-{job.id}.mp4")
         try:
             return await self._send(
-                job, f"<@{job.requester_id}> your video is ready!", result_embed(job), file
+                job, self._greeting(job, "your video is ready!"), result_embed(job), file
             )
         except discord.HTTPException as exc:
             if exc.status == 413 or exc.code == 40005:
@@ -179,17 +259,19 @@ class DiscordDelivery:
             raise
 
     async def post_link(self, job: Job, url: str, reason: str) -> int:
+        # The link goes in the embed and a button, never in the 2,000-character content.
         return await self._send(
             job,
-            f"<@{job.requester_id}> your video is ready: {url}",
-            result_embed(job, extra=reason),
+            self._greeting(job, "your video is ready."),
+            result_embed(job, extra=reason, link=url),
+            view=link_button(url),
         )
 
     async def post_failure(self, job: Job, reason: str) -> int:
         return await self._send(
             job,
-            f"<@{job.requester_id}> sorry, no video this time. {reason}",
-            result_embed(job),
+            self._greeting(job, "sorry, no video this time."),
+            result_embed(job, extra=_clip(reason, 1000)),
         )
 
 

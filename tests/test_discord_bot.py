@@ -47,6 +47,9 @@ class FastClock:
     def now(self) -> datetime:
         return self.start + timedelta(seconds=(time.monotonic() - self.origin) * SPEED)
 
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds / SPEED)
+
 
 def jpeg(width: int, height: int, quality: int = 90) -> bytes:
     image = Image.new("RGB", (width, height), (40, 110, 190))
@@ -232,7 +235,7 @@ async def test_provider_refusal_is_told_in_the_thread(env: Env, bot: BotRun) -> 
     thread_id = thread_for(env, status)
 
     def failure_posted() -> bool:
-        return any("content policy" in m.content for m in env.bot_messages(thread_id))
+        return any("content policy" in str(m.embeds) for m in env.bot_messages(thread_id))
 
     await env.discord.wait_for(failure_posted, timeout=20)
     await env.discord.wait_for(lambda: "No video" in str(env.discord.message(status.id).embeds))
@@ -310,11 +313,12 @@ async def test_video_over_the_upload_limit_is_linked(env: Env) -> None:
         thread_id = thread_for(env, status)
 
         def linked() -> bool:
-            return any("http" in m.content for m in env.bot_messages(thread_id))
+            return any(env.provider.base_url in str(m.embeds) for m in env.bot_messages(thread_id))
 
         await env.discord.wait_for(linked, timeout=20)
     [link] = env.bot_messages(thread_id)
     assert "upload limit" in str(link.embeds)
+    assert env.provider.base_url in str(link.components)  # a button that opens the video
     assert env.videos(thread_id) == []
 
 

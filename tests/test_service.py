@@ -19,11 +19,12 @@ import aiohttp
 import pytest
 from PIL import Image
 
+from bot.catalog import CATALOG
 from bot.config import Settings
 from bot.errors import ImageRejected, InputRejected, ProviderValidationError, TooManyActiveJobs
 from bot.jobs import Job, JobState, Outcome
 from bot.provider import DownloadedVideo, ProviderClient, RetryPolicy
-from bot.service import AnimateRequest, JobService, UploadRejected
+from bot.service import AnimateRequest, Conversation, DestinationGone, JobService, UploadRejected
 from bot.store import JobStore
 from tests.fake_provider import FakeProvider
 
@@ -31,14 +32,25 @@ VIDEO = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 4096
 
 
 class FakeClock:
+    """Time moves only when a test says so; `sleep` wakes when the clock passes its target."""
+
     def __init__(self) -> None:
         self.moment = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+        self._moved = asyncio.Event()
 
     def now(self) -> datetime:
         return self.moment
 
+    async def sleep(self, seconds: float) -> None:
+        target = self.moment + timedelta(seconds=seconds)
+        while self.moment < target:
+            moved = self._moved
+            await moved.wait()
+
     def advance(self, seconds: float) -> None:
         self.moment += timedelta(seconds=seconds)
+        self._moved.set()
+        self._moved = asyncio.Event()
 
 
 @dataclass
@@ -48,6 +60,8 @@ class Posted:
     message_id: int
     detail: str = ""
     data: bytes = b""
+    where: str = ""
+    """The channel id posted in, or "dm"."""
 
 
 @dataclass
@@ -62,15 +76,26 @@ class RecordingDelivery:
 
     attempts: list[datetime] = field(default_factory=list)
     clock: FakeClock | None = None
+    gone_channels: set[int] = field(default_factory=set)
+    """Channels and threads that were deleted (or the bot was removed from)."""
+    dms_closed: bool = False
 
     def _post(self, kind: str, job: Job, detail: str = "", data: bytes = b"") -> int:
         if self.clock is not None:
             self.attempts.append(self.clock.now())
+        if job.delivery_target == "dm":
+            if self.dms_closed:
+                raise DestinationGone("DMs closed")
+            where = "dm"
+        elif job.delivery_channel_id in self.gone_channels:
+            raise DestinationGone("Unknown Channel")
+        else:
+            where = str(job.delivery_channel_id)
         if self.fail_next_posts:
             self.fail_next_posts -= 1
             raise ConnectionResetError("discord went away")
         message_id = 1000 + len(self.posts)
-        self.posts.append(Posted(kind, job.id, message_id, detail, data))
+        self.posts.append(Posted(kind, job.id, message_id, detail, data, where))
         if self.crash_after_post:
             # The message is out, but the process "dies" before recording it.
             self.crash_after_post -= 1
@@ -144,10 +169,15 @@ class World:
         return await self.service.submit(job)
 
     async def run_for(self, seconds: float, step: float = 1.0) -> None:
-        """Drive the background loop as the bot would, on the fake clock."""
+        """Drive the background loop as the bot would, on the fake clock.
+
+        Deliveries run as their own tasks; each step lets them finish (they talk to local
+        servers only), so what a step started has happened when the step ends.
+        """
         elapsed = 0.0
         while elapsed < seconds:
             await self.service.run_due(self.delivery)
+            await self.service.wait_for_deliveries()
             self.clock.advance(step)
             elapsed += step
 
@@ -168,6 +198,7 @@ class World:
             clock=self.clock,
             worker_id=worker_id,
             rng=lambda: 0.5,
+            retry_sleep=_no_sleep,
         )
 
 
@@ -413,7 +444,8 @@ async def test_a_delivery_that_keeps_failing_backs_off_then_says_so(world: World
     assert gaps == sorted(gaps) and gaps[0] >= 10, "retries must back off, not hammer Discord"
     final = await world.store.get(job.id)
     assert final is not None and final.state == JobState.DONE
-    assert final.outcome == Outcome.FAILED and "http" in (final.error_message or "")
+    assert final.outcome == Outcome.FAILED and "link" in (final.error_message or "")
+    assert final.result_url is not None  # the status message links the video
     assert world.delivery.statuses[-1][1] == JobState.DONE  # the status message says so
 
 
@@ -447,3 +479,210 @@ async def test_an_abandoned_job_is_never_submitted(world: World) -> None:
     await world.run_for(600, step=5)
     assert world.provider.requests == []
     assert world.delivery.posts == []
+
+
+# --- paid work is never lost or paid twice ------------------------------------------------------
+
+
+def provider_on_fake_time(world: World) -> None:
+    """The fake provider finishes jobs on the test's clock, not the wall clock."""
+    world.provider.clock = lambda: world.clock.now().timestamp()
+
+
+async def test_a_video_finished_just_before_the_deadline_is_delivered(world: World) -> None:
+    provider_on_fake_time(world)
+    world.provider.script_next_job(["generating", "completed"], video=VIDEO, complete_after=598)
+    job = await world.animate()  # JOB_TIMEOUT_SECONDS is 600 here
+    await world.run_for(700, step=2)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_time_the_bot_was_down_does_not_count_against_the_member(world: World) -> None:
+    provider_on_fake_time(world)
+    world.provider.script_next_job(["generating", "completed"], video=VIDEO, complete_after=500)
+    job = await world.animate()
+    await world.run_for(300, step=2)
+    world.clock.advance(900)  # the bot is down across the deadline
+    await world.run_for(60, step=2)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_a_job_that_never_finishes_times_out_after_a_last_look(world: World) -> None:
+    provider_on_fake_time(world)
+    world.provider.script_next_job(["generating"])
+    job = await world.animate()
+    await world.run_for(598, step=2)
+    assert world.delivery.for_job(job.id) == []
+    polls_before = poll_count(world)
+    await world.run_for(30, step=2)
+    [post] = world.delivery.for_job(job.id)
+    assert post.kind == "failure" and "10 minutes" in post.detail
+    assert poll_count(world) > polls_before  # it asked once more before giving up
+
+
+class FlakyStore(JobStore):
+    """The real store, whose writes of a provider id fail while `failing_polling_writes` > 0
+    (SQLite locked, a PostgreSQL failover)."""
+
+    failing_polling_writes = 0
+
+    async def transition(self, job_id: int, **kwargs: object) -> Job | None:  # type: ignore[override]
+        if kwargs.get("to_state") == JobState.POLLING and self.failing_polling_writes > 0:
+            self.failing_polling_writes -= 1
+            raise OSError("database is locked")
+        return await super().transition(job_id, **kwargs)  # type: ignore[arg-type]
+
+
+async def test_a_database_error_after_a_paid_submit_does_not_pay_twice(world: World) -> None:
+    flaky = FlakyStore(world.store.engine)
+    flaky.failing_polling_writes = 4
+    other = world.new_service(worker_id="other")
+
+    async def while_the_database_is_away(seconds: float) -> None:
+        # Each retry waits; meanwhile time passes and another worker runs its passes.
+        world.clock.advance(30)
+        await other.run_due(world.delivery)
+
+    service = world.new_service(store=flaky)
+    service._retry_sleep = while_the_database_is_away
+    prepared = await service.prepare(world.request())
+    job = await service.submit(await service.record(prepared))
+    assert job.state == JobState.POLLING and job.provider_job_id is not None
+    await world.run_for(400)
+    assert post_count(world) == 1, "the job was paid for twice"
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_a_slow_status_message_keeps_the_submit_to_its_command(world: World) -> None:
+    other = world.new_service(worker_id="other")
+
+    async def slow_announcement(job: Job) -> Conversation:
+        # Discord rate-limits the status message for three leases; the loop keeps running.
+        for _ in range(9):
+            world.clock.advance(20)
+            await other.run_due(world.delivery)
+        return Conversation(thread_id=444, status_message_id=555)
+
+    job = await world.service.start(await world.service.prepare(world.request()), slow_announcement)
+    assert job.state == JobState.POLLING
+    assert post_count(world) == 1
+    await world.run_for(400)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+
+
+async def test_a_worker_that_lost_its_submit_lease_does_not_send(world: World) -> None:
+    job = await world.service.record(await world.service.prepare(world.request()))
+    world.clock.advance(world.settings.lease_seconds + 1)  # the command stalled past its lease
+    other = world.new_service(worker_id="other")
+    await other.run_due(world.delivery)  # ... so the loop submitted it
+    assert post_count(world) == 1
+    late = await world.service.submit(job)  # the stalled command wakes up
+    assert post_count(world) == 1
+    assert late.state == JobState.POLLING
+
+
+async def test_lease_seconds_default_is_short_and_a_small_value_is_allowed(
+    world: World,
+) -> None:
+    defaults = Settings.from_env({"DISCORD_TOKEN": "t", "AIMLAPI_KEY": "k"})
+    assert defaults.lease_seconds <= 60
+    short = Settings.from_env({"DISCORD_TOKEN": "t", "AIMLAPI_KEY": "k", "LEASE_SECONDS": "10"})
+    assert short.lease_seconds == 10
+
+
+async def test_jobs_of_a_model_that_left_the_catalogue_keep_their_schedule(world: World) -> None:
+    provider_on_fake_time(world)
+    world.provider.script_next_job(["generating", "completed"], video=VIDEO, complete_after=200)
+    job = await world.animate()
+    # Recorded under a model this version of the bot no longer offers.
+    await world.store.transition(
+        job.id, from_states=[JobState.POLLING], now=world.clock.now(), model="retired/model-x"
+    )
+    assert "retired/model-x" not in CATALOG
+    await world.run_for(300)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+    assert poll_count(world) <= 40, "a job of a removed model was polled every tick"
+
+
+# --- one job must not hold up the others --------------------------------------------------------
+
+
+async def test_a_trickling_download_holds_up_nobody_and_is_handed_back_at_shutdown(
+    world: World,
+) -> None:
+    world.provider.script_next_job(["completed"], video=VIDEO, trickle_every=0.2)
+    stuck = await world.animate(requester_id=1)
+    world.provider.script_next_job(["queued", "generating", "completed"], video=VIDEO)
+    normal = await world.animate(requester_id=2)
+    async with asyncio.timeout(30):
+        for _ in range(300):
+            await world.service.run_due(world.delivery)
+            world.clock.advance(1)
+            await asyncio.sleep(0)
+            finished = await world.store.get(normal.id)
+            if finished is not None and finished.state == JobState.DONE:
+                break
+    assert [p.kind for p in world.delivery.for_job(normal.id)] == ["video"]
+    assert world.delivery.for_job(stuck.id) == []
+    assert world.service.deliveries_running == 1  # still downloading, on its own
+
+    await world.service.shutdown(grace_seconds=0.1)
+    handed_back = await world.store.get(stuck.id)
+    assert handed_back is not None and handed_back.state == JobState.DELIVERING
+    assert handed_back.delivery_lease_until is not None
+    assert handed_back.delivery_lease_until <= world.clock.now()  # free for the next worker
+
+    impatient = Settings.from_env(
+        {
+            "DISCORD_TOKEN": "t",
+            "AIMLAPI_KEY": "test-key",
+            "AIMLAPI_BASE_URL": world.provider.base_url,
+            "DOWNLOAD_TIMEOUT_SECONDS": "0.5",
+        }
+    )
+    world.settings = impatient
+    world.service = world.new_service(worker_id="next-start")
+    async with asyncio.timeout(30):
+        await world.run_for(5)
+    [post] = world.delivery.for_job(stuck.id)
+    assert post.kind == "link" and "in time" in post.detail
+
+
+async def test_a_retried_delivery_does_not_download_again(world: World) -> None:
+    job = await world.animate()
+    world.delivery.fail_next_posts = 3
+    await world.run_for(600)
+    assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+    assert len(world.provider.video_requests) == 1
+
+
+async def test_a_deleted_thread_sends_the_video_to_the_channel_with_a_note(world: World) -> None:
+    job = await world.animate()  # thread 444 in channel 333
+    world.delivery.gone_channels.add(444)
+    await world.run_for(400)
+    [post] = world.delivery.for_job(job.id)
+    assert post.kind == "video" and post.where == "333"
+    final = await world.store.get(job.id)
+    assert final is not None and final.state == JobState.DONE
+    assert "thread was deleted" in (final.delivery_note or "")
+    assert len(world.provider.video_requests) == 1
+
+
+async def test_with_thread_and_channel_gone_the_requester_gets_a_dm(world: World) -> None:
+    job = await world.animate()
+    world.delivery.gone_channels.update({333, 444})
+    await world.run_for(400)
+    [post] = world.delivery.for_job(job.id)
+    assert post.kind == "video" and post.where == "dm"
+
+
+async def test_when_nobody_can_be_reached_the_job_ends_and_says_why(world: World) -> None:
+    job = await world.animate()
+    world.delivery.gone_channels.update({333, 444})
+    world.delivery.dms_closed = True
+    await world.run_for(400)
+    assert world.delivery.for_job(job.id) == []
+    final = await world.store.get(job.id)
+    assert final is not None and final.state == JobState.DONE
+    assert "DMs are closed" in (final.delivery_note or "")
+    assert len(world.provider.video_requests) == 1

@@ -216,6 +216,14 @@ class FakeDiscord:
         """The DM channel between the bot and a user."""
         return self.world.dm_channel(user_id).id
 
+    def delete_channel(self, channel_id: int) -> None:
+        """A moderator deletes a channel or thread: from now on it is 404 Unknown Channel.
+
+        (No gateway event is sent: the bot must cope with learning it from a refused post.)
+        """
+        self._channel(channel_id)
+        del self.world.channels[channel_id]
+
     def add_attachment(
         self, data: bytes, filename: str, content_type: str | None = None
     ) -> dict[str, Any]:

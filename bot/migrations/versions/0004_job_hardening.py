@@ -11,6 +11,8 @@ Create Date: 2026-12-01
 - `last_checked_at`, `waited_seconds`: the time counted against JOB_TIMEOUT_SECONDS, which
   excludes time the bot itself was down or backlogged.
 - `delivery_note`: what happened when posting (thread gone, posted elsewhere), for the status.
+- `delivery_target`: where results go when the usual place is gone: NULL (the thread or the
+  channel), "channel" (the thread was deleted: its parent channel), "dm" (the requester's DMs).
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ def upgrade() -> None:
         "jobs", sa.Column("waited_seconds", sa.Double(), nullable=False, server_default="0")
     )
     op.add_column("jobs", sa.Column("delivery_note", sa.Text(), nullable=True))
+    op.add_column("jobs", sa.Column("delivery_target", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
+        batch.drop_column("delivery_target")
         batch.drop_column("delivery_note")
         batch.drop_column("waited_seconds")
         batch.drop_column("last_checked_at")
