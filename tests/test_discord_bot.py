@@ -416,3 +416,35 @@ async def test_shutdown_lets_a_command_in_progress_finish(env: Env) -> None:
     # The bot has closed: the submit completed and the requester heard back.
     assert len(env.provider.jobs) == 1
     assert any("Started" in m.content for m in interaction.responses())
+
+
+async def test_a_deleted_thread_sends_the_video_to_the_channel(env: Env, bot: BotRun) -> None:
+    env.provider.script_next_job(["queued", "completed"], video=VIDEO, complete_after=1.0)
+    await env.wait_reply(await env.animate())
+    [status] = env.bot_messages(env.channel_id)
+    env.discord.delete_channel(thread_for(env, status))  # a moderator removes the thread
+    await env.discord.wait_for(lambda: len(env.videos(env.channel_id)) == 1, timeout=20)
+    [video] = env.videos(env.channel_id)
+    assert f"<@{env.user_id}>" in video.content
+    assert "thread was deleted" in str(video.embeds)
+    await env.discord.wait_for(
+        lambda: "thread was deleted" in str(env.discord.message(status.id).embeds)
+    )
+    assert len(env.provider.video_requests) == 1  # fetched once, however many tries
+
+
+async def test_a_2000_character_link_is_posted_in_one_try(env: Env, bot: BotRun) -> None:
+    long_url = env.provider.base_url + "/files/expired.mp4?signature=" + "a" * 1960
+    env.provider.script_next_job(["queued", {"status": "completed", "video": {"url": long_url}}])
+    await env.wait_reply(await env.animate())
+    [status] = env.bot_messages(env.channel_id)
+    thread_id = thread_for(env, status)
+
+    def linked() -> bool:
+        return any(long_url in str(m.embeds) for m in env.bot_messages(thread_id))
+
+    await env.discord.wait_for(linked, timeout=20)
+    [link] = env.bot_messages(thread_id)
+    assert len(link.content) <= 2000 and f"<@{env.user_id}>" in link.content
+    posts = env.discord.requests("POST", f"/channels/{thread_id}/messages")
+    assert [r.status for r in posts] == [200]
