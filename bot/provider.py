@@ -200,7 +200,8 @@ class _AddressRefused(OSError):
     """Raised by the guarded resolver; aiohttp wraps OSErrors as ClientConnectorDNSError."""
 
     def __init__(self, host: str, addresses: list[str]) -> None:
-        super().__init__(f"{host} resolves to non-public addresses {', '.join(addresses)}")
+        found = ", ".join(addresses) or "nothing"
+        super().__init__(f"{host} resolves to non-public addresses ({found})")
         self.host = host
 
 
