@@ -16,8 +16,10 @@ import yarl
 from discord.ext import commands
 
 from bot.config import Settings
+from bot.guild_settings import BotDefaults, GuildSettings
 from bot.provider import ProviderClient
 from bot.service import Clock, JobService
+from bot.spending import Spending
 from bot.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class DatabaseUnavailable(Exception):
 class AnimateBot(commands.Bot):
     service: JobService
     store: JobStore
+    spending: Spending
+    guild_settings: GuildSettings
     session: aiohttp.ClientSession
 
     def __init__(
@@ -87,6 +91,11 @@ class AnimateBot(commands.Bot):
         )
         self.service = JobService(
             settings=self.settings, store=self.store, provider=provider, clock=self._clock
+        )
+        defaults = BotDefaults.from_settings(self.settings)
+        self.guild_settings = GuildSettings(self.store.engine, defaults)
+        self.spending = Spending(
+            self.store.engine, defaults, model_prices=self.settings.model_prices
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)
