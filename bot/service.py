@@ -304,12 +304,17 @@ class JobService:
         prepared: PreparedRequest,
         announce: Callable[[Job], Coroutine[Any, Any, Conversation]],
     ) -> Job:
-        """Record, announce (the Discord layer posts the status message) and submit a job.
+        """Record, announce and submit a prepared request (without money checks: tests)."""
+        return await self.announce_and_submit(await self.record(prepared), announce)
+
+    async def announce_and_submit(
+        self, job: Job, announce: Callable[[Job], Coroutine[Any, Any, Conversation]]
+    ) -> Job:
+        """Announce a recorded job (the Discord layer posts the status message), then submit.
 
         The submit lease is renewed for the whole time, so however slow the announcement (Discord
         429 waits, say), no background pass can submit the job a second time.
         """
-        job = await self.record(prepared)
         renew = self._submit_renewer(job.id)
         try:
             conversation = await self._while_holding(renew, announce(job))

@@ -8,24 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 import discord
 from discord import app_commands
 from discord.ext import commands, tasks
 
+from bot.admission import Admission, Quote, Requester
 from bot.catalog import CATALOG
 from bot.errors import BotError, ImageRejected, InputRejected, user_message
+from bot.imaging import FitMode, OrientationChoice
 from bot.jobs import Job
-from bot.service import AnimateRequest, Conversation, JobService, PreparedRequest
+from bot.service import AnimateRequest, Conversation, JobService
+from bot.spending import format_usd
 from cogs.delivery import DiscordDelivery, first_frame_file, status_embed, thread_name
 
 if TYPE_CHECKING:
     from bot.discord_bot import AnimateBot
-    from bot.imaging import FitMode, OrientationChoice
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +83,33 @@ class Animate(commands.Cog):
         self._commands_running = 0
         self._no_commands = asyncio.Event()
         self._no_commands.set()
+        self._admission: Admission | None = None
 
     @property
     def service(self) -> JobService:
         return self.bot.service
+
+    @property
+    def admission(self) -> Admission:
+        if self._admission is None:
+            self._admission = Admission(
+                settings=self.bot.settings,
+                service=self.bot.service,
+                spending=self.bot.spending,
+                guild_settings=self.bot.guild_settings,
+                clock=self.bot.service.clock,
+                on_credits_exhausted=self._announce_credits,
+            )
+        return self._admission
+
+    async def _announce_credits(self, text: str) -> None:
+        # Tell every server that has a log channel, once per pause (the audit module does it).
+        try:
+            audit = importlib.import_module("cogs.audit")
+        except ImportError:
+            log.warning("%s", text)
+            return
+        await audit.post_audit_everywhere(self.bot, text)
 
     async def cog_load(self) -> None:
         self.background.change_interval(seconds=self.bot.settings.poll_tick_seconds)
@@ -122,6 +149,8 @@ class Animate(commands.Cog):
         # job, and this catches anything else (say, the database briefly away).
         try:
             await self.service.run_due(self.delivery)
+            # Settle or refund the money of jobs that ended (exactly once, from any worker).
+            await self.admission.settle_finished()
         except Exception:
             log.exception("background pass failed; trying again next tick")
 
@@ -187,40 +216,61 @@ class Animate(commands.Cog):
             missing = _missing(interaction.app_permissions, needed)
             if missing:
                 raise MissingPermissions(missing)
-        # Cheap refusals before the download; `prepare` checks them again with the image.
-        self.service.resolve_choices(
-            model=model, duration=duration, resolution=resolution, prompt=prompt
+        requester = _requester(interaction)
+        quote = await self.admission.quote(
+            requester, prompt=prompt, model=model, duration=duration, resolution=resolution
         )
         await self.service.check_quota(interaction.user.id)
-        data = await self._read_image(image)
-        prepared = await self.service.prepare(
-            AnimateRequest(
-                image=data,
-                prompt=prompt,
-                requester_id=interaction.user.id,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id or 0,
-                upload_limit_bytes=interaction.filesize_limit,
-                model=model,
-                duration=duration,
-                resolution=resolution,
-                # Discord only sends the declared choices.
-                orientation=cast("OrientationChoice", orientation),
-                fit=cast("FitMode", fit),
-                interaction_id=interaction.id,
-            )
+        params = _Params(
+            image=image,
+            prompt=prompt,
+            orientation=cast("OrientationChoice", orientation),  # Discord sends only choices
+            fit=cast("FitMode", fit),
         )
+        if not quote.needs_confirmation:
+            text = await self._admit(interaction, requester, quote, params)
+            await interaction.followup.send(text, ephemeral=True)
+            return
+        view = ConfirmView(self, interaction, requester, quote, params)
+        prompt_text = (
+            f"This video will cost about **{format_usd(quote.estimate_usd or 0.0)}** "
+            f"({quote.spec.label}, {quote.resolution}, {quote.duration} s). "
+            f"{quote.left_line()} Nothing is spent until you press Generate."
+        ).strip()
+        await interaction.followup.send(prompt_text, view=view, ephemeral=True)
+
+    async def _admit(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        requester: Requester,
+        quote: Quote,
+        params: _Params,
+    ) -> str:
+        """Spend and start: the one path every way of starting a job ends in. Returns the
+        private reply ("Started! …")."""
+        data = await self._read_image(params.image)
+        request = AnimateRequest(
+            image=data,
+            prompt=params.prompt,
+            requester_id=requester.user_id,
+            guild_id=requester.guild_id,
+            channel_id=interaction.channel_id or 0,
+            upload_limit_bytes=interaction.filesize_limit,
+            orientation=params.orientation,
+            fit=params.fit,
+            interaction_id=interaction.id,
+        )
+        announced: list[str] = []
 
         async def announce(job: Job) -> Conversation:
-            where, thread_id, status_id = await self._open_conversation(interaction, job, prepared)
+            where, thread_id, status_id = await self._open_conversation(interaction, job)
             announced.append(where)
             return Conversation(thread_id=thread_id, status_message_id=status_id)
 
-        announced: list[str] = []
-        job = await self.service.start(prepared, announce)
+        job = await self.admission.admit(requester, quote, request, announce)
         # Cosmetic from here on: the job is paid for and will be delivered whatever happens.
         await self.service.refresh_status(self.delivery, job.id)
-        await interaction.followup.send(f"Started! {announced[0]}", ephemeral=True)
+        return f"Started! {announced[0]}"
 
     async def _read_image(self, attachment: discord.Attachment) -> bytes:
         limit = self.bot.settings.max_image_bytes
@@ -241,7 +291,7 @@ class Animate(commands.Cog):
         return await attachment.read()
 
     async def _open_conversation(
-        self, interaction: discord.Interaction[AnimateBot], job: Job, prepared: PreparedRequest
+        self, interaction: discord.Interaction[AnimateBot], job: Job
     ) -> tuple[str, int | None, int]:
         """Post the public status message and open a thread on it where possible.
 
@@ -266,7 +316,7 @@ class Animate(commands.Cog):
         status = await channel.send(
             note or "",
             embed=status_embed(job),
-            file=first_frame_file(prepared.image.jpeg),
+            file=first_frame_file(job.image_data or b""),
             allowed_mentions=discord.AllowedMentions.none(),
         )
         if isinstance(channel, discord.Thread):
@@ -275,7 +325,7 @@ class Animate(commands.Cog):
             return "Your video will be posted in this channel.", None, status.id
         try:
             thread = await status.create_thread(
-                name=thread_name(prepared.request.prompt), auto_archive_duration=1440
+                name=thread_name(job.prompt), auto_archive_duration=1440
             )
         except discord.HTTPException as exc:
             reason = (
@@ -298,8 +348,13 @@ class Animate(commands.Cog):
         interaction: discord.Interaction[AnimateBot],  # type: ignore[override]
         error: app_commands.AppCommandError,
     ) -> None:
-        """The one place an /animate failure becomes words for the user."""
         cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        await self.explain(interaction, cause)
+
+    async def explain(
+        self, interaction: discord.Interaction[AnimateBot], cause: BaseException
+    ) -> None:
+        """The one place an /animate failure becomes words for the user (privately)."""
         if isinstance(cause, discord.Forbidden):
             # Discord refused something the permission check could not foresee (an override on
             # a thread, say): say so instead of a generic apology.
@@ -336,12 +391,116 @@ class Animate(commands.Cog):
                 await interaction.followup.send(text, ephemeral=True)
             else:
                 await interaction.response.send_message(text, ephemeral=True)
-        except discord.HTTPException:
+        except (discord.HTTPException, ValueError):
             log.warning(
                 "could not tell user %s about the failure (interaction %s)",
                 interaction.user.id,
                 interaction.id,
             )
+
+
+@dataclass(frozen=True)
+class _Params:
+    """What the member chose that the quote does not cover."""
+
+    image: discord.Attachment
+    prompt: str
+    orientation: OrientationChoice
+    fit: FitMode
+
+
+def _requester(interaction: discord.Interaction[AnimateBot]) -> Requester:
+    channel = interaction.channel
+    channel_ids = {interaction.channel_id or 0}
+    if isinstance(channel, discord.Thread) and channel.parent_id is not None:
+        channel_ids.add(channel.parent_id)
+    user = interaction.user
+    roles = [role.id for role in user.roles] if isinstance(user, discord.Member) else []
+    guild = interaction.guild
+    return Requester(
+        user_id=user.id,
+        guild_id=interaction.guild_id,
+        channel_ids=channel_ids,
+        role_ids=roles,
+        existing_channels={c.id for c in guild.channels} if guild is not None else None,
+        existing_roles={r.id for r in guild.roles} if guild is not None else None,
+    )
+
+
+class ConfirmView(discord.ui.View):
+    """Generate / Cancel for a costly request. Only the requester can press; nothing is spent
+    until Generate; after CONFIRM_TIMEOUT_SECONDS the buttons go inert with a note."""
+
+    def __init__(
+        self,
+        cog: Animate,
+        origin: discord.Interaction[AnimateBot],
+        requester: Requester,
+        quote: Quote,
+        params: _Params,
+    ) -> None:
+        super().__init__(timeout=cog.bot.settings.confirm_timeout_seconds)
+        self.cog = cog
+        self.origin = origin
+        self.requester = requester
+        self.quote = quote
+        self.params = params
+        self._decided = False
+
+    async def interaction_check(self, interaction: discord.Interaction[AnimateBot]) -> bool:  # type: ignore[override]
+        if interaction.user.id == self.requester.user_id:
+            return True
+        await interaction.response.send_message(
+            "Only the member who asked for this video can confirm it.", ephemeral=True
+        )
+        return False
+
+    async def _close(self, interaction: discord.Interaction[AnimateBot], text: str) -> None:
+        self._decided = True
+        self.stop()
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        await interaction.response.edit_message(content=text, view=self)
+
+    @discord.ui.button(label="Generate", style=discord.ButtonStyle.success)
+    async def generate(
+        self, interaction: discord.Interaction[AnimateBot], button: discord.ui.Button[ConfirmView]
+    ) -> None:
+        if self._decided:
+            return
+        await self._close(interaction, "Starting…")
+        with self.cog._command_running():
+            try:
+                text = await self.cog._admit(self.origin, self.requester, self.quote, self.params)
+            except Exception as exc:
+                await interaction.edit_original_response(content="Not started.")
+                await self.cog.explain(interaction, exc)
+                return
+        await interaction.edit_original_response(content=text)
+
+    @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
+    async def cancel(
+        self, interaction: discord.Interaction[AnimateBot], button: discord.ui.Button[ConfirmView]
+    ) -> None:
+        if self._decided:
+            return
+        await self._close(interaction, "Cancelled. Nothing was spent.")
+
+    async def on_timeout(self) -> None:
+        if self._decided:
+            return
+        self._decided = True
+        for item in self.children:
+            if isinstance(item, discord.ui.Button):
+                item.disabled = True
+        try:
+            await self.origin.edit_original_response(
+                content="This request expired before it was confirmed. Nothing was spent.",
+                view=self,
+            )
+        except discord.HTTPException:
+            log.info("could not mark an expired confirmation (interaction %s)", self.origin.id)
 
 
 async def setup(bot: AnimateBot) -> None:

@@ -81,6 +81,13 @@ class Env:
             "DEV_GUILD_ID": str(self.guild_id),
             "POLL_TICK_SECONDS": "0.1",
             "LEASE_SECONDS": "100",
+            # Spending control has tests of its own; here every request goes straight through.
+            "CONFIRM_ABOVE_USD": "0",
+            "COOLDOWN_SECONDS": "0",
+            "MEMBER_DAILY_USD": "0",
+            "MEMBER_MONTHLY_USD": "0",
+            "GUILD_MONTHLY_USD": "0",
+            "BOT_MONTHLY_USD": "0",
         }
         values.update(extra)
         return Settings.from_env(values)

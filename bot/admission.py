@@ -1,0 +1,226 @@
+"""The one way a job starts: checks → reserve money → fit → record → announce → submit.
+
+Every entry point (the slash command, a confirm click, and later buttons and the context menu)
+calls `quote()` to learn what the request would cost and whether the member must confirm, then
+`admit()` to spend. Discord-free: the caller passes who asks, where, and how to announce.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from bot.catalog import ModelSpec
+from bot.config import Settings
+from bot.errors import InputRejected, ProviderCreditsError
+from bot.guild_settings import GuildConfig, GuildSettings
+from bot.jobs import Job
+from bot.service import AnimateRequest, Clock, Conversation, JobService
+from bot.spending import LimitStatus, Spending, format_usd
+
+log = logging.getLogger(__name__)
+
+# After the provider answers "out of credits", new submissions wait this long bot-wide (jobs
+# already paid for keep polling). Long enough not to hammer an empty account, short enough that
+# a top-up is noticed soon.
+CREDITS_PAUSE_SECONDS = 15 * 60
+
+
+class ServerPaused(InputRejected):
+    def __init__(self) -> None:
+        super().__init__(
+            "This server's admins have paused /animate for now. Videos already started will "
+            "still arrive."
+        )
+
+
+@dataclass(frozen=True)
+class Requester:
+    """Who asks, and where: what the limits and access rules are checked against."""
+
+    user_id: int
+    guild_id: int | None
+    channel_ids: Collection[int]
+    """The channel, and in a thread also its parent (access lists name channels)."""
+    role_ids: Collection[int] = ()
+    existing_channels: Collection[int] | None = None
+    """The server's live channels and roles, when known: deleted ones drop out of the lists."""
+    existing_roles: Collection[int] | None = None
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What a request would be and cost, before anything is spent."""
+
+    spec: ModelSpec
+    duration: int
+    resolution: str
+    estimate_usd: float | None
+    needs_confirmation: bool
+    limits: tuple[LimitStatus, ...]
+
+    def left_line(self) -> str:
+        """What the member has left, e.g. "left: $4.80 today, $18.80 this month (UTC)"."""
+        parts = [
+            f"{format_usd(status.left_usd)} {status.label}"
+            for status in self.limits
+            if status.left_usd is not None
+        ]
+        return ("Left: " + "; ".join(parts) + " (days and months in UTC).") if parts else ""
+
+
+# Called once when submissions become paused for lack of credits (to tell the servers).
+CreditsNotice = Callable[[str], Awaitable[None]]
+
+
+class Admission:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        service: JobService,
+        spending: Spending,
+        guild_settings: GuildSettings,
+        clock: Clock,
+        on_credits_exhausted: CreditsNotice | None = None,
+    ) -> None:
+        self.settings = settings
+        self.service = service
+        self.spending = spending
+        self.guild_settings = guild_settings
+        self.clock = clock
+        self.on_credits_exhausted = on_credits_exhausted
+
+    async def quote(
+        self,
+        requester: Requester,
+        *,
+        prompt: str,
+        model: str | None,
+        duration: int | None,
+        resolution: str | None,
+    ) -> Quote:
+        """The cheap checks, in the member's order of interest; raises InputRejected."""
+        config = await self.guild_settings.get(requester.guild_id)
+        self._check_access(config, requester)
+        if model is None and requester.guild_id is not None:
+            model = config.default_model.value
+            if resolution is None and config.default_resolution.own:
+                resolution = config.default_resolution.value
+            if duration is None and config.default_duration.own:
+                duration = config.default_duration.value
+        spec, duration, resolution = self.service.resolve_choices(
+            model=model, duration=duration, resolution=resolution, prompt=prompt
+        )
+        estimate = self.spending.estimate(spec, duration, resolution)
+        limits = await self.spending.limits(
+            requester_id=requester.user_id,
+            guild_id=requester.guild_id,
+            now=self.clock.now(),
+            role_ids=requester.role_ids,
+        )
+        return Quote(
+            spec=spec,
+            duration=duration,
+            resolution=resolution,
+            estimate_usd=estimate,
+            needs_confirmation=config.needs_confirmation(estimate),
+            limits=tuple(limits),
+        )
+
+    async def admit(
+        self,
+        requester: Requester,
+        quote: Quote,
+        request: AnimateRequest,
+        announce: Callable[[Job], Coroutine[Any, Any, Conversation]],
+    ) -> Job:
+        """Spend: reserve the estimate against every limit, fit, record, announce, submit.
+
+        On any failure before the provider has the job, the reservation is released, so a
+        refused or broken request costs the member nothing.
+        """
+        # Settings may have changed since the quote (a confirm waits up to minutes).
+        config = await self.guild_settings.get(requester.guild_id)
+        self._check_access(config, requester)
+        reservation = await self.spending.reserve(
+            requester_id=requester.user_id,
+            guild_id=requester.guild_id,
+            estimate_usd=quote.estimate_usd,
+            now=self.clock.now(),
+            role_ids=requester.role_ids,
+            model_label=quote.spec.label,
+            resolution=quote.resolution,
+        )
+        request = dataclasses.replace(
+            request, model=quote.spec.id, duration=quote.duration, resolution=quote.resolution
+        )
+        try:
+            prepared = await self.service.prepare(request)
+            job = await self.service.record(prepared)
+        except BaseException:
+            await self._release(reservation.id, "not accepted")
+            raise
+        # From here the ledger follows the job: reconcile() settles or refunds it when it ends,
+        # even if this process dies first.
+        await self.spending.attach(reservation.id, job.id)
+        try:
+            return await self.service.announce_and_submit(job, announce)
+        except ProviderCreditsError:
+            await self._credits_exhausted()
+            await self._release(reservation.id, "refused at submit: out of credits")
+            raise
+        except Exception:
+            await self._release(reservation.id, "refused at submit or not announced")
+            raise
+
+    async def _release(self, reservation_id: int, note: str) -> None:
+        try:
+            await self.spending.release(reservation_id, now=self.clock.now(), note=note)
+        except Exception:
+            # reconcile() / release_unlinked() close it later; never hide the original error.
+            log.warning("reservation %s: release failed; left to reconcile", reservation_id)
+
+    def _check_access(self, config: GuildConfig, requester: Requester) -> None:
+        if requester.guild_id is None:
+            return  # in DMs only the member and bot limits apply
+        if config.paused:
+            raise ServerPaused()
+        refusal = config.access.refusal(
+            channel_ids=requester.channel_ids,
+            role_ids=requester.role_ids,
+            existing_channels=requester.existing_channels,
+            existing_roles=requester.existing_roles,
+        )
+        if refusal is not None:
+            raise InputRejected(refusal)
+
+    async def _credits_exhausted(self) -> None:
+        now = self.clock.now()
+        until = now + timedelta(seconds=CREDITS_PAUSE_SECONDS)
+        started = await self.spending.pause_submissions(until, now=now)
+        log.error("provider account out of credits; new submissions paused until %s", until)
+        if started and self.on_credits_exhausted is not None:
+            try:
+                await self.on_credits_exhausted(
+                    "⚠️ The bot's video service account is out of credits: new videos are paused "
+                    f"for {CREDITS_PAUSE_SECONDS // 60} minutes. Videos already being made will "
+                    "still arrive."
+                )
+            except Exception:
+                log.warning("could not announce the out-of-credits pause", exc_info=True)
+
+    async def settle_finished(self) -> int:
+        """Settle or refund the reservations of jobs that ended (each background pass)."""
+        now = self.clock.now()
+        closed = await self.spending.reconcile(
+            now=now, refund_failed_jobs=self.settings.refund_failed_jobs
+        )
+        closed += await self.spending.release_unlinked(
+            now=now, older_than_seconds=max(600.0, 4 * self.settings.lease_seconds)
+        )
+        return closed
