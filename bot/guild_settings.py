@@ -23,7 +23,7 @@ from typing import Any, Generic, Literal, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.catalog import CATALOG, ModelSpec
 from bot.config import Settings
@@ -456,41 +456,48 @@ def build_config(
 
 
 async def load_config(
-    session: AsyncSession, guild_id: int | None, defaults: BotDefaults
+    conn: AsyncConnection,
+    guild_id: int | None,
+    defaults: BotDefaults,
+    *,
+    only_roles: Collection[int] | None = None,
+    with_access: bool = True,
 ) -> GuildConfig:
-    """Read a server's settings inside the caller's transaction (Spending reserves in it)."""
+    """A server's settings, read on the caller's connection (inside its transaction, if any).
+
+    `only_roles`: read just these roles' allowances (a member's, when reserving: fewer rows).
+    `with_access=False` skips the access lists (not needed to reserve money).
+    """
     if guild_id is None:
         return build_config(defaults, None, None)
     row = (
-        (
-            await session.execute(
-                sa.select(guild_settings).where(guild_settings.c.guild_id == guild_id)
-            )
-        )
+        (await conn.execute(sa.select(guild_settings).where(guild_settings.c.guild_id == guild_id)))
         .mappings()
         .one_or_none()
     )
-    role_rows = (
-        await session.execute(
-            sa.select(role_limits)
-            .where(role_limits.c.guild_id == guild_id)
-            .order_by(role_limits.c.role_id)
-        )
-    ).mappings()
-    roles = [
-        RoleLimit(r["role_id"], r["member_daily_usd"], r["member_monthly_usd"]) for r in role_rows
-    ]
-    access_rows = (
-        await session.execute(
-            sa.select(guild_access.c.kind, guild_access.c.target_id).where(
-                guild_access.c.guild_id == guild_id
+    roles: list[RoleLimit] = []
+    if only_roles is None or only_roles:
+        query = sa.select(role_limits).where(role_limits.c.guild_id == guild_id)
+        if only_roles is not None:
+            query = query.where(role_limits.c.role_id.in_(list(only_roles)))
+        role_rows = (await conn.execute(query.order_by(role_limits.c.role_id))).mappings()
+        roles = [
+            RoleLimit(r["role_id"], r["member_daily_usd"], r["member_monthly_usd"])
+            for r in role_rows
+        ]
+    access = AccessLists()
+    if with_access:
+        access_rows = (
+            await conn.execute(
+                sa.select(guild_access.c.kind, guild_access.c.target_id).where(
+                    guild_access.c.guild_id == guild_id
+                )
             )
+        ).all()
+        access = AccessLists(
+            channel_ids=frozenset(t for k, t in access_rows if k == "channel"),
+            role_ids=frozenset(t for k, t in access_rows if k == "role"),
         )
-    ).all()
-    access = AccessLists(
-        channel_ids=frozenset(t for k, t in access_rows if k == "channel"),
-        role_ids=frozenset(t for k, t in access_rows if k == "role"),
-    )
     return build_config(defaults, guild_id, None if row is None else dict(row), roles, access)
 
 
@@ -504,14 +511,12 @@ class GuildSettings:
         self._engine = engine
         self._dialect = engine.dialect.name
         self.defaults = defaults
-        self._read = async_sessionmaker(engine, expire_on_commit=False)
-        self._write = async_sessionmaker(
-            engine.execution_options(**{_SQLITE_IMMEDIATE: True}), expire_on_commit=False
-        )
+        # SQLite: write transactions take the write lock up front (see bot.store).
+        self._write_engine = engine.execution_options(**{_SQLITE_IMMEDIATE: True})
 
     async def get(self, guild_id: int | None) -> GuildConfig:
-        async with self._read() as session:
-            return await load_config(session, guild_id, self.defaults)
+        async with self._engine.connect() as conn:
+            return await load_config(conn, guild_id, self.defaults)
 
     async def update(
         self, guild_id: int, changes: Mapping[str, object], *, actor_id: int, now: datetime
@@ -529,13 +534,13 @@ class GuildSettings:
         if unknown:
             raise TypeError(f"not guild settings: {', '.join(unknown)}")
         values = {name: _validate(name, value) for name, value in changes.items()}
-        async with self._write.begin() as session:
-            before_row = await self._locked_row(session, guild_id)
+        async with self._write_engine.begin() as conn:
+            before_row = await self._locked_row(conn, guild_id)
             after_row = {**before_row, **values}
             _check_choices(after_row, values, self.defaults)
             before = build_config(self.defaults, guild_id, before_row)
             after = build_config(self.defaults, guild_id, after_row)
-            await session.execute(
+            await conn.execute(
                 guild_settings.update()
                 .where(guild_settings.c.guild_id == guild_id)
                 .values(
@@ -570,9 +575,9 @@ class GuildSettings:
         daily = validate_usd("a role's daily allowance", member_daily_usd)
         monthly = validate_usd("a role's monthly allowance", member_monthly_usd)
         key = sa.and_(role_limits.c.guild_id == guild_id, role_limits.c.role_id == role_id)
-        async with self._write.begin() as session:
+        async with self._write_engine.begin() as conn:
             old = (
-                (await session.execute(sa.select(role_limits).where(key).with_for_update()))
+                (await conn.execute(sa.select(role_limits).where(key).with_for_update()))
                 .mappings()
                 .one_or_none()
             )
@@ -583,11 +588,11 @@ class GuildSettings:
                 "updated_at": now,
             }
             if old is None:
-                await session.execute(
+                await conn.execute(
                     role_limits.insert().values(guild_id=guild_id, role_id=role_id, **values)
                 )
             else:
-                await session.execute(role_limits.update().where(key).values(values))
+                await conn.execute(role_limits.update().where(key).values(values))
         return SettingChange(
             guild_id,
             actor_id,
@@ -600,13 +605,13 @@ class GuildSettings:
         self, guild_id: int, role_id: int, *, actor_id: int
     ) -> SettingChange:
         key = sa.and_(role_limits.c.guild_id == guild_id, role_limits.c.role_id == role_id)
-        async with self._write.begin() as session:
+        async with self._write_engine.begin() as conn:
             old = (
-                (await session.execute(sa.select(role_limits).where(key).with_for_update()))
+                (await conn.execute(sa.select(role_limits).where(key).with_for_update()))
                 .mappings()
                 .one_or_none()
             )
-            await session.execute(role_limits.delete().where(key))
+            await conn.execute(role_limits.delete().where(key))
         return SettingChange(
             guild_id,
             actor_id,
@@ -626,17 +631,17 @@ class GuildSettings:
             guild_access.c.kind == kind,
             guild_access.c.target_id == target_id,
         )
-        async with self._write.begin() as session:
-            before = await self._access(session, guild_id, kind)
+        async with self._write_engine.begin() as conn:
+            before = await self._access(conn, guild_id, kind)
             if allowed:
-                await session.execute(
+                await conn.execute(
                     _insert(self._dialect, guild_access)
                     .values(guild_id=guild_id, kind=kind, target_id=target_id)
                     .on_conflict_do_nothing()
                 )
             else:
-                await session.execute(guild_access.delete().where(key))
-            after = await self._access(session, guild_id, kind)
+                await conn.execute(guild_access.delete().where(key))
+            after = await self._access(conn, guild_id, kind)
         label = "the channels where /animate works" if kind == "channel" else "who may use /animate"
         return SettingChange(
             guild_id, actor_id, label, _access_text(kind, before), _access_text(kind, after)
@@ -646,9 +651,9 @@ class GuildSettings:
         self, guild_id: int, kind: AccessKind, *, actor_id: int
     ) -> SettingChange:
         """Lift a restriction: every channel (kind "channel") or everyone (kind "role")."""
-        async with self._write.begin() as session:
-            before = await self._access(session, guild_id, kind)
-            await session.execute(
+        async with self._write_engine.begin() as conn:
+            before = await self._access(conn, guild_id, kind)
+            await conn.execute(
                 guild_access.delete().where(
                     guild_access.c.guild_id == guild_id, guild_access.c.kind == kind
                 )
@@ -662,16 +667,16 @@ class GuildSettings:
         self, guild_id: int, *, channel_id: int | None = None, role_id: int | None = None
     ) -> None:
         """A channel or role was deleted on Discord: drop it from every list of the server."""
-        async with self._write.begin() as session:
+        async with self._write_engine.begin() as conn:
             if channel_id is not None:
-                await session.execute(
+                await conn.execute(
                     guild_access.delete().where(
                         guild_access.c.guild_id == guild_id,
                         guild_access.c.kind == "channel",
                         guild_access.c.target_id == channel_id,
                     )
                 )
-                await session.execute(
+                await conn.execute(
                     guild_settings.update()
                     .where(
                         guild_settings.c.guild_id == guild_id,
@@ -680,14 +685,14 @@ class GuildSettings:
                     .values(log_channel_id=None)
                 )
             if role_id is not None:
-                await session.execute(
+                await conn.execute(
                     guild_access.delete().where(
                         guild_access.c.guild_id == guild_id,
                         guild_access.c.kind == "role",
                         guild_access.c.target_id == role_id,
                     )
                 )
-                await session.execute(
+                await conn.execute(
                     role_limits.delete().where(
                         role_limits.c.guild_id == guild_id, role_limits.c.role_id == role_id
                     )
@@ -695,16 +700,16 @@ class GuildSettings:
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    async def _locked_row(self, session: AsyncSession, guild_id: int) -> dict[str, Any]:
+    async def _locked_row(self, conn: AsyncConnection, guild_id: int) -> dict[str, Any]:
         """The guild's row, created empty if missing, locked until commit (PostgreSQL)."""
-        await session.execute(
+        await conn.execute(
             _insert(self._dialect, guild_settings)
             .values(guild_id=guild_id)
             .on_conflict_do_nothing()
         )
         row = (
             (
-                await session.execute(
+                await conn.execute(
                     sa.select(guild_settings)
                     .where(guild_settings.c.guild_id == guild_id)
                     .with_for_update()
@@ -716,9 +721,9 @@ class GuildSettings:
         return {name: row[name] for name in SETTINGS}
 
     async def _access(
-        self, session: AsyncSession, guild_id: int, kind: AccessKind
+        self, conn: AsyncConnection, guild_id: int, kind: AccessKind
     ) -> frozenset[int]:
-        rows = await session.execute(
+        rows = await conn.execute(
             sa.select(guild_access.c.target_id).where(
                 guild_access.c.guild_id == guild_id, guild_access.c.kind == kind
             )

@@ -25,6 +25,8 @@ Amounts are stored as whole micro-dollars, so sums are exact on every backend.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Collection, Mapping
@@ -36,7 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.catalog import ModelSpec
 from bot.errors import InputRejected, TooManyActiveJobs
@@ -87,9 +89,11 @@ ledger = sa.Table(
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("note", sa.Text(), nullable=True),
     sa.UniqueConstraint("reservation_id", name="uq_ledger_reservation_id"),
-    sa.Index("ix_ledger_spent_at", "spent_at"),
-    sa.Index("ix_ledger_requester_id_spent_at", "requester_id", "spent_at"),
-    sa.Index("ix_ledger_guild_id_spent_at", "guild_id", "spent_at"),
+    # The sums read only these indexes (the amount is in them): the whole bot this month, one
+    # member, one server.
+    sa.Index("ix_ledger_spent_at", "spent_at", "amount_micro_usd"),
+    sa.Index("ix_ledger_requester_id_spent_at", "requester_id", "spent_at", "amount_micro_usd"),
+    sa.Index("ix_ledger_guild_id_spent_at", "guild_id", "spent_at", "amount_micro_usd"),
     sa.Index("ix_ledger_job_id", "job_id"),
 )
 
@@ -240,14 +244,6 @@ class Usage:
     bot_month_usd: float
 
 
-@dataclass(frozen=True)
-class _Sums:
-    member_day: int
-    member_month: int
-    guild_month: int
-    bot_month: int
-
-
 # --- the service ---------------------------------------------------------------------------------
 
 
@@ -271,10 +267,11 @@ class Spending:
         self.defaults = defaults
         self.model_prices: Mapping[str, float] = dict(model_prices or {})
         self.unlinked_grace = timedelta(seconds=unlinked_grace_seconds)
-        self._read = async_sessionmaker(engine, expire_on_commit=False)
-        self._write = async_sessionmaker(
-            engine.execution_options(**{_SQLITE_IMMEDIATE: True}), expire_on_commit=False
-        )
+        # SQLite: write transactions take the write lock up front (see bot.store).
+        self._write_engine = engine.execution_options(**{_SQLITE_IMMEDIATE: True})
+        # Not for correctness (the database lock is that): SQLite's busy handler polls with
+        # sleeps of up to 100 ms, so this process's own writers queue here instead.
+        self._local_queue = asyncio.Lock() if self._dialect == "sqlite" else None
 
     def estimate(self, spec: ModelSpec, duration: int, resolution: str) -> float | None:
         return estimate_usd(spec, duration, resolution, self.model_prices)
@@ -302,49 +299,67 @@ class Spending:
         member's daily and monthly allowance (most generous role, else the server's, else the
         bot's), the server's monthly budget, the bot's monthly budget. In DMs (guild_id None)
         only the member and bot limits apply. 0 means no limit.
+
+        The server's settings are read in the same transaction, just before the lock on
+        PostgreSQL: a change an admin commits at that very instant applies from the next request.
         """
         now = require_aware(now, "now")
         if estimate_usd is not None and not (math.isfinite(estimate_usd) and estimate_usd >= 0):
             raise ValueError(f"estimate_usd must be a finite amount >= 0, got {estimate_usd}")
-        async with self._write.begin() as session:
-            await self._lock(session)
-            paused_until = await self._paused_until(session, now)
+        amount = 0 if estimate_usd is None else to_micros(estimate_usd)
+        async with self._queue(), self._write_engine.begin() as conn:
+            # Read before the lock on PostgreSQL (SQLite already holds it): the settings in
+            # force when the request arrived.
+            config = await load_config(
+                conn, guild_id, self.defaults, only_roles=role_ids, with_access=False
+            )
+            limits = _money_limits(config, role_ids)
+            cooldown = config.cooldown_seconds.value
+            await self._lock(conn)
+            figures = await _figures(
+                conn,
+                requester_id=requester_id,
+                guild_id=guild_id,
+                now=now,
+                pending_since=now - self.unlinked_grace,
+                accepted_since=now - timedelta(seconds=cooldown) if cooldown > 0 else None,
+                sums={key for key, limit in limits.items() if limit > 0},
+            )
+            paused_until = _pause_time(figures.paused_until, now)
             if paused_until is not None:
                 raise SubmissionsPaused(paused_until)
-            config = await load_config(session, guild_id, self.defaults)
-            await self._check_cooldown(session, requester_id, config, now)
-            await self._check_active(session, requester_id, config, now)
-            if estimate_usd is None:
-                if config.any_money_limit:
-                    raise PriceUnknown(model_label, resolution or "this resolution")
-                amount = 0
-            else:
-                amount = to_micros(estimate_usd)
-            statuses = await self._statuses(session, requester_id, config, role_ids, now)
-            _check_fits(statuses, amount)
-            values = {
-                "kind": LedgerKind.RESERVE,
-                "job_id": job_id,
-                "requester_id": requester_id,
-                "guild_id": guild_id,
-                "amount_micro_usd": amount,
-                "spent_at": now,
-                "created_at": now,
-                "note": note,
-            }
-            connection = await session.connection()
+            if cooldown > 0 and figures.last_accepted is not None:
+                ready_at = figures.last_accepted + timedelta(seconds=cooldown)
+                if now < ready_at:
+                    raise CooldownActive(ready_at, cooldown)
+            max_active = config.max_active.value
+            if max_active > 0 and figures.active_jobs + figures.pending >= max_active:
+                raise TooManyActiveJobs(max_active)
+            if estimate_usd is None and any(limit > 0 for limit in limits.values()):
+                raise PriceUnknown(model_label, resolution or "this resolution")
+            _check_fits(_statuses(figures, limits, now), amount)
             inserted = (
-                await connection.execute(ledger.insert().values(values))
+                await conn.execute(
+                    ledger.insert().values(
+                        kind=LedgerKind.RESERVE,
+                        job_id=job_id,
+                        requester_id=requester_id,
+                        guild_id=guild_id,
+                        amount_micro_usd=amount,
+                        spent_at=now,
+                        created_at=now,
+                        note=note,
+                    )
+                )
             ).inserted_primary_key
             if not inserted:
                 raise RuntimeError("the reservation's id could not be read back")
-            reservation_id = int(inserted[0])
-        return Reservation(reservation_id, requester_id, guild_id, to_usd(amount), job_id, now)
+        return Reservation(int(inserted[0]), requester_id, guild_id, to_usd(amount), job_id, now)
 
     async def attach(self, reservation_id: int, job_id: int) -> None:
         """Link a reservation made before the job row existed to that job."""
-        async with self._write.begin() as session:
-            await session.execute(
+        async with self._queue(), self._write_engine.begin() as conn:
+            await conn.execute(
                 ledger.update()
                 .where(
                     sa.or_(ledger.c.id == reservation_id, ledger.c.reservation_id == reservation_id)
@@ -383,8 +398,8 @@ class Spending:
             .order_by(ledger.c.id.desc())
             .limit(1)
         )
-        async with self._read() as session:
-            row = (await session.execute(query)).mappings().one_or_none()
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().one_or_none()
         return None if row is None else _reservation(dict(row))
 
     async def settle_job(
@@ -410,24 +425,19 @@ class Spending:
         the provider (no provider id) → released; failed or timed out → released when
         `refund_failed_jobs`, else settled like a video.
         """
-        closer = sa.alias(ledger, "closer")
         query = (
             sa.select(ledger.c.id, jobs.c.outcome, jobs.c.cost_usd, jobs.c.provider_job_id)
-            .select_from(
-                ledger.join(jobs, jobs.c.id == ledger.c.job_id).outerjoin(
-                    closer, closer.c.reservation_id == ledger.c.id
-                )
-            )
+            .select_from(ledger.join(jobs, jobs.c.id == ledger.c.job_id))
             .where(
                 ledger.c.kind == LedgerKind.RESERVE,
-                closer.c.id.is_(None),
+                ~_closed(ledger.c.id),
                 jobs.c.outcome.is_not(None),
             )
             .order_by(ledger.c.id)
             .limit(limit)
         )
-        async with self._read() as session:
-            rows = (await session.execute(query)).all()
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
         closed = 0
         for reservation_id, outcome, cost_usd, provider_job_id in rows:
             if provider_job_id is None:
@@ -446,18 +456,14 @@ class Spending:
         recording) once they are older than `older_than_seconds`; returns how many."""
         now = require_aware(now, "now")
         cutoff = now - timedelta(seconds=older_than_seconds)
-        async with self._read() as session:
-            ids = (
-                (
-                    await session.execute(
-                        _open_reserves()
-                        .with_only_columns(ledger.c.id)
-                        .where(ledger.c.job_id.is_(None), ledger.c.created_at < cutoff)
-                    )
-                )
-                .scalars()
-                .all()
-            )
+        query = sa.select(ledger.c.id).where(
+            ledger.c.kind == LedgerKind.RESERVE,
+            ledger.c.job_id.is_(None),
+            ledger.c.created_at < cutoff,
+            ~_closed(ledger.c.id),
+        )
+        async with self._engine.connect() as conn:
+            ids = (await conn.execute(query)).scalars().all()
         released = 0
         for reservation_id in ids:
             released += await self.release(reservation_id, now=now, note="never recorded")
@@ -466,13 +472,15 @@ class Spending:
     # --- figures --------------------------------------------------------------------------------
 
     async def usage(self, *, requester_id: int, guild_id: int | None, now: datetime) -> Usage:
-        async with self._read() as session:
-            sums = await _sums(session, requester_id, guild_id, now)
+        async with self._engine.connect() as conn:
+            figures = await _figures(
+                conn, requester_id=requester_id, guild_id=guild_id, now=now, sums=_ALL_SUMS
+            )
         return Usage(
-            member_today_usd=to_usd(sums.member_day),
-            member_month_usd=to_usd(sums.member_month),
-            guild_month_usd=None if guild_id is None else to_usd(sums.guild_month),
-            bot_month_usd=to_usd(sums.bot_month),
+            member_today_usd=to_usd(figures.member_daily),
+            member_month_usd=to_usd(figures.member_monthly),
+            guild_month_usd=None if guild_id is None else to_usd(figures.guild_monthly),
+            bot_month_usd=to_usd(figures.bot_monthly),
         )
 
     async def limits(
@@ -484,9 +492,12 @@ class Spending:
         role_ids: Collection[int] = (),
     ) -> list[LimitStatus]:
         """Every money limit that applies to this member here, with what is spent and left."""
-        async with self._read() as session:
-            config = await load_config(session, guild_id, self.defaults)
-            return await self._statuses(session, requester_id, config, role_ids, now)
+        async with self._engine.connect() as conn:
+            config = await load_config(conn, guild_id, self.defaults)
+            figures = await _figures(
+                conn, requester_id=requester_id, guild_id=guild_id, now=now, sums=_ALL_SUMS
+            )
+        return _statuses(figures, _money_limits(config, role_ids), now)
 
     async def top_spenders(
         self, *, guild_id: int, now: datetime, limit: int = 10
@@ -501,8 +512,8 @@ class Spending:
             .order_by(total.desc(), ledger.c.requester_id)
             .limit(limit)
         )
-        async with self._read() as session:
-            rows = (await session.execute(query)).all()
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
         return [(int(member), to_usd(int(micros))) for member, micros in rows]
 
     # --- out-of-credits pause -------------------------------------------------------------------
@@ -516,134 +527,36 @@ class Spending:
         """
         until = require_aware(until, "until")
         now = require_aware(now, "now")
-        async with self._write.begin() as session:
-            await self._lock(session)
-            current = await self._paused_until(session, now)
+        async with self._queue(), self._write_engine.begin() as conn:
+            await self._lock(conn)
+            current = _pause_time(await _pause_value(conn), now)
             if current is not None and current >= until:
                 return False
-            await session.execute(
+            await conn.execute(
                 _upsert(self._dialect, meta, {"key": PAUSE_KEY, "value": until.isoformat()}, "key")
             )
         return current is None
 
     async def resume_submissions(self) -> None:
-        async with self._write.begin() as session:
-            await session.execute(meta.delete().where(meta.c.key == PAUSE_KEY))
+        async with self._queue(), self._write_engine.begin() as conn:
+            await conn.execute(meta.delete().where(meta.c.key == PAUSE_KEY))
 
     async def submissions_paused(self, now: datetime) -> datetime | None:
         """Until when new submissions are paused, or None."""
-        async with self._read() as session:
-            return await self._paused_until(session, require_aware(now, "now"))
+        async with self._engine.connect() as conn:
+            return _pause_time(await _pause_value(conn), require_aware(now, "now"))
 
     # --- internals ------------------------------------------------------------------------------
 
-    async def _lock(self, session: AsyncSession) -> None:
-        # SQLite: the session began with BEGIN IMMEDIATE, which already is the lock.
+    def _queue(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._local_queue if self._local_queue is not None else contextlib.nullcontext()
+
+    async def _lock(self, conn: AsyncConnection) -> None:
+        # SQLite: the transaction began with BEGIN IMMEDIATE, which already is the lock.
         if self._dialect == "postgresql":
-            await session.execute(
+            await conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LEDGER_LOCK}
             )
-
-    async def _paused_until(self, session: AsyncSession, now: datetime) -> datetime | None:
-        raw = (
-            await session.execute(sa.select(meta.c.value).where(meta.c.key == PAUSE_KEY))
-        ).scalar_one_or_none()
-        if raw is None:
-            return None
-        try:
-            until = datetime.fromisoformat(str(raw))
-        except ValueError:
-            log.warning("ignoring an unreadable %s value in meta", PAUSE_KEY)
-            return None
-        until = until if until.tzinfo else until.replace(tzinfo=UTC)
-        return until if until > now else None
-
-    async def _check_cooldown(
-        self, session: AsyncSession, requester_id: int, config: GuildConfig, now: datetime
-    ) -> None:
-        cooldown = config.cooldown_seconds.value
-        if cooldown <= 0:
-            return
-        # Released requests (refused later, failed and refunded) do not count: trying again
-        # after one of those is not spamming.
-        last: datetime | None = (
-            await session.execute(
-                _open_or_settled_reserves()
-                .with_only_columns(sa.func.max(ledger.c.created_at))
-                .where(ledger.c.requester_id == requester_id)
-            )
-        ).scalar_one_or_none()
-        if last is not None and now < last + timedelta(seconds=cooldown):
-            raise CooldownActive(last + timedelta(seconds=cooldown), cooldown)
-
-    async def _check_active(
-        self, session: AsyncSession, requester_id: int, config: GuildConfig, now: datetime
-    ) -> None:
-        limit = config.max_active.value
-        if limit <= 0:
-            return
-        active_jobs = (
-            await session.execute(
-                sa.select(sa.func.count())
-                .select_from(jobs)
-                .where(jobs.c.requester_id == requester_id, jobs.c.state.in_(ACTIVE_STATES))
-            )
-        ).scalar_one()
-        # Requests reserved but not yet recorded as jobs are unfinished videos too.
-        pending = (
-            await session.execute(
-                _open_reserves()
-                .with_only_columns(sa.func.count())
-                .where(
-                    ledger.c.requester_id == requester_id,
-                    ledger.c.job_id.is_(None),
-                    ledger.c.created_at > now - self.unlinked_grace,
-                )
-            )
-        ).scalar_one()
-        if int(active_jobs) + int(pending) >= limit:
-            raise TooManyActiveJobs(limit)
-
-    async def _statuses(
-        self,
-        session: AsyncSession,
-        requester_id: int,
-        config: GuildConfig,
-        role_ids: Collection[int],
-        now: datetime,
-    ) -> list[LimitStatus]:
-        sums = await _sums(session, requester_id, config.guild_id, now)
-        daily, monthly = config.allowance(role_ids)
-        statuses = [
-            LimitStatus(
-                "member_daily", "your daily allowance", daily, to_usd(sums.member_day),
-                next_day(now),
-            ),
-            LimitStatus(
-                "member_monthly", "your monthly allowance", monthly, to_usd(sums.member_month),
-                next_month(now),
-            ),
-        ]  # fmt: skip
-        if config.guild_id is not None:
-            statuses.append(
-                LimitStatus(
-                    "guild_monthly",
-                    "this server's monthly budget",
-                    config.guild_monthly_usd.value,
-                    to_usd(sums.guild_month),
-                    next_month(now),
-                )
-            )
-        statuses.append(
-            LimitStatus(
-                "bot_monthly",
-                "the bot's monthly budget",
-                config.bot_monthly_usd,
-                to_usd(sums.bot_month),
-                next_month(now),
-            )
-        )
-        return statuses
 
     async def _close(
         self,
@@ -653,49 +566,187 @@ class Spending:
         now: datetime,
         note: str | None,
     ) -> bool:
+        # No ledger lock: the unique reservation_id is what makes closing exactly-once, and a
+        # close only ever records money already spent or given back.
         now = require_aware(now, "now")
-        async with self._write.begin() as session:
-            await self._lock(session)
-            row = (
-                (
-                    await session.execute(
-                        sa.select(ledger).where(
-                            ledger.c.id == reservation_id, ledger.c.kind == LedgerKind.RESERVE
-                        )
+        query = sa.select(ledger, _closed(ledger.c.id).label("closed")).where(
+            ledger.c.id == reservation_id, ledger.c.kind == LedgerKind.RESERVE
+        )
+        try:
+            async with self._queue(), self._write_engine.begin() as conn:
+                row = (await conn.execute(query)).mappings().one_or_none()
+                if row is None:
+                    log.warning("no reservation %s to %s", reservation_id, kind)
+                    return False
+                if row["closed"]:
+                    return False
+                reserved = int(row["amount_micro_usd"])
+                if kind == LedgerKind.RELEASE:
+                    delta = -reserved
+                else:
+                    delta = 0 if actual_usd is None else to_micros(actual_usd) - reserved
+                await conn.execute(
+                    ledger.insert().values(
+                        kind=kind,
+                        reservation_id=reservation_id,
+                        job_id=row["job_id"],
+                        requester_id=row["requester_id"],
+                        guild_id=row["guild_id"],
+                        amount_micro_usd=delta,
+                        spent_at=row["spent_at"],
+                        created_at=now,
+                        note=note,
                     )
                 )
-                .mappings()
-                .one_or_none()
-            )
-            if row is None:
-                log.warning("no reservation %s to %s", reservation_id, kind)
-                return False
-            closed = (
-                await session.execute(
-                    sa.select(ledger.c.id).where(ledger.c.reservation_id == reservation_id)
-                )
-            ).first()
-            if closed is not None:
-                return False
-            reserved = int(row["amount_micro_usd"])
-            if kind == LedgerKind.RELEASE:
-                delta = -reserved
-            else:
-                delta = 0 if actual_usd is None else to_micros(actual_usd) - reserved
-            await session.execute(
-                ledger.insert().values(
-                    kind=kind,
-                    reservation_id=reservation_id,
-                    job_id=row["job_id"],
-                    requester_id=row["requester_id"],
-                    guild_id=row["guild_id"],
-                    amount_micro_usd=delta,
-                    spent_at=row["spent_at"],
-                    created_at=now,
-                    note=note,
-                )
-            )
+        except sa.exc.IntegrityError:
+            return False  # another worker closed it between our check and our insert
         return True
+
+
+# --- queries and checks --------------------------------------------------------------------------
+
+_ALL_SUMS = frozenset({"member_daily", "member_monthly", "guild_monthly", "bot_monthly"})
+
+
+@dataclass(frozen=True)
+class _Figures:
+    paused_until: str | None
+    last_accepted: datetime | None
+    active_jobs: int
+    pending: int
+    member_daily: int
+    member_monthly: int
+    guild_monthly: int
+    bot_monthly: int
+
+
+def _closed(reservation: sa.ColumnElement[Any]) -> sa.Exists:
+    """A settle or release row closes this reservation."""
+    closer = sa.alias(ledger, "closer")
+    return sa.exists().where(closer.c.reservation_id == reservation)
+
+
+def _released(reservation: sa.ColumnElement[Any]) -> sa.Exists:
+    closer = sa.alias(ledger, "released")
+    return sa.exists().where(
+        closer.c.reservation_id == reservation, closer.c.kind == LedgerKind.RELEASE
+    )
+
+
+async def _figures(
+    conn: AsyncConnection,
+    *,
+    requester_id: int,
+    guild_id: int | None,
+    now: datetime,
+    sums: Collection[str],
+    pending_since: datetime | None = None,
+    accepted_since: datetime | None = None,
+) -> _Figures:
+    """Everything one reservation checks, in one statement (one snapshot, one round trip).
+
+    Only the sums in `sums` are computed (a limit of 0 needs none); the others read 0.
+    """
+    now = require_aware(now, "now")
+    day, month = day_start(now), month_start(now)
+    amount = ledger.c.amount_micro_usd
+    mine = ledger.c.requester_id == requester_id
+
+    def total(wanted: str, *conditions: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
+        if wanted not in sums:
+            return sa.literal(0, sa.BigInteger())
+        subquery = sa.select(sa.func.coalesce(sa.func.sum(amount), 0)).where(*conditions)
+        return subquery.scalar_subquery()
+
+    reserve = ledger.c.kind == LedgerKind.RESERVE
+    # A reserve row's spent_at is its creation time; bounding by it keeps these lookups to
+    # the member's recent rows in the index.
+    last_accepted: sa.ColumnElement[Any] = sa.null()
+    if accepted_since is not None:
+        last_accepted = (
+            sa.select(sa.func.max(ledger.c.spent_at))
+            .where(mine, reserve, ledger.c.spent_at > accepted_since, ~_released(ledger.c.id))
+            .scalar_subquery()
+        )
+    active_jobs = (
+        sa.select(sa.func.count())
+        .select_from(jobs)
+        .where(jobs.c.requester_id == requester_id, jobs.c.state.in_(ACTIVE_STATES))
+        .scalar_subquery()
+    )
+    # Requests reserved but not yet recorded as jobs are unfinished videos too.
+    pending = (
+        sa.select(sa.func.count())
+        .select_from(ledger)
+        .where(
+            mine,
+            reserve,
+            ledger.c.job_id.is_(None),
+            ledger.c.spent_at > (pending_since or now),
+            ~_closed(ledger.c.id),
+        )
+        .scalar_subquery()
+    )
+    query = sa.select(
+        sa.select(meta.c.value).where(meta.c.key == PAUSE_KEY).scalar_subquery(),
+        last_accepted,
+        active_jobs,
+        pending,
+        total("member_daily", mine, ledger.c.spent_at >= day),
+        total("member_monthly", mine, ledger.c.spent_at >= month),
+        total("guild_monthly", ledger.c.guild_id == guild_id, ledger.c.spent_at >= month)
+        if guild_id is not None
+        else sa.literal(0, sa.BigInteger()),
+        total("bot_monthly", ledger.c.spent_at >= month),
+    )
+    row = (await conn.execute(query)).one()
+    return _Figures(
+        paused_until=None if row[0] is None else str(row[0]),
+        last_accepted=row[1],
+        active_jobs=int(row[2]),
+        pending=int(row[3]),
+        member_daily=int(row[4]),
+        member_monthly=int(row[5]),
+        guild_monthly=int(row[6]),
+        bot_monthly=int(row[7]),
+    )
+
+
+def _money_limits(config: GuildConfig, role_ids: Collection[int]) -> dict[str, float]:
+    """The money limits in force for this member here, by key (0: none)."""
+    daily, monthly = config.allowance(role_ids)
+    limits = {"member_daily": daily, "member_monthly": monthly}
+    if config.guild_id is not None:  # in DMs there is no server budget
+        limits["guild_monthly"] = config.guild_monthly_usd.value
+    limits["bot_monthly"] = config.bot_monthly_usd
+    return limits
+
+
+_LABELS = {
+    "member_daily": "your daily allowance",
+    "member_monthly": "your monthly allowance",
+    "guild_monthly": "this server's monthly budget",
+    "bot_monthly": "the bot's monthly budget",
+}
+
+
+def _statuses(figures: _Figures, limits: Mapping[str, float], now: datetime) -> list[LimitStatus]:
+    spent = {
+        "member_daily": figures.member_daily,
+        "member_monthly": figures.member_monthly,
+        "guild_monthly": figures.guild_monthly,
+        "bot_monthly": figures.bot_monthly,
+    }
+    return [
+        LimitStatus(
+            key,
+            _LABELS[key],
+            limit,
+            to_usd(spent[key]),
+            next_day(now) if key == "member_daily" else next_month(now),
+        )
+        for key, limit in limits.items()
+    ]
 
 
 def _check_fits(statuses: list[LimitStatus], amount: int) -> None:
@@ -719,55 +770,23 @@ def _check_fits(statuses: list[LimitStatus], amount: int) -> None:
     )
 
 
-def _open_reserves() -> sa.Select[Any]:
-    """Reserve rows that no settle or release row has closed yet."""
-    closer = sa.alias(ledger, "closer")
-    return (
-        sa.select(ledger.c.id)
-        .select_from(ledger.outerjoin(closer, closer.c.reservation_id == ledger.c.id))
-        .where(ledger.c.kind == LedgerKind.RESERVE, closer.c.id.is_(None))
-    )
+async def _pause_value(conn: AsyncConnection) -> str | None:
+    raw = (
+        await conn.execute(sa.select(meta.c.value).where(meta.c.key == PAUSE_KEY))
+    ).scalar_one_or_none()
+    return None if raw is None else str(raw)
 
 
-def _open_or_settled_reserves() -> sa.Select[Any]:
-    """Reserve rows that were not released (open, or settled: the member was charged)."""
-    released = sa.alias(ledger, "released")
-    return (
-        sa.select(ledger.c.id)
-        .select_from(
-            ledger.outerjoin(
-                released,
-                sa.and_(
-                    released.c.reservation_id == ledger.c.id,
-                    released.c.kind == LedgerKind.RELEASE,
-                ),
-            )
-        )
-        .where(ledger.c.kind == LedgerKind.RESERVE, released.c.id.is_(None))
-    )
-
-
-async def _sums(
-    session: AsyncSession, requester_id: int, guild_id: int | None, now: datetime
-) -> _Sums:
-    """Every sum one reservation needs, in one scan of this month's rows."""
-    day = day_start(now)
-    amount = ledger.c.amount_micro_usd
-    mine = ledger.c.requester_id == requester_id
-
-    def total(condition: sa.ColumnElement[bool] | None) -> sa.ColumnElement[Any]:
-        value = amount if condition is None else sa.case((condition, amount), else_=0)
-        return sa.func.coalesce(sa.func.sum(value), 0)
-
-    guild_condition = ledger.c.guild_id == guild_id if guild_id is not None else sa.false()
-    query = sa.select(
-        total(sa.and_(mine, ledger.c.spent_at >= day)),
-        total(mine),
-        total(guild_condition),
-        total(None),
-    ).where(ledger.c.spent_at >= month_start(now))
-    member_day, member_month, guild_month, bot_month = (await session.execute(query)).one()
-    return _Sums(int(member_day), int(member_month), int(guild_month), int(bot_month))
+def _pause_time(raw: str | None, now: datetime) -> datetime | None:
+    if raw is None:
+        return None
+    try:
+        until = datetime.fromisoformat(raw)
+    except ValueError:
+        log.warning("ignoring an unreadable %s value in meta", PAUSE_KEY)
+        return None
+    until = until if until.tzinfo else until.replace(tzinfo=UTC)
+    return until if until > now else None
 
 
 def _reservation(row: Mapping[str, Any]) -> Reservation:

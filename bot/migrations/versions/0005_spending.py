@@ -45,9 +45,16 @@ def upgrade() -> None:
         sa.UniqueConstraint("reservation_id", name="uq_ledger_reservation_id"),
     )
     # The sums: the whole bot this month, one member, one server; and a job's reservation.
-    op.create_index("ix_ledger_spent_at", "ledger", ["spent_at"])
-    op.create_index("ix_ledger_requester_id_spent_at", "ledger", ["requester_id", "spent_at"])
-    op.create_index("ix_ledger_guild_id_spent_at", "ledger", ["guild_id", "spent_at"])
+    # Each holds the amount too, so a sum reads the index alone.
+    op.create_index("ix_ledger_spent_at", "ledger", ["spent_at", "amount_micro_usd"])
+    op.create_index(
+        "ix_ledger_requester_id_spent_at",
+        "ledger",
+        ["requester_id", "spent_at", "amount_micro_usd"],
+    )
+    op.create_index(
+        "ix_ledger_guild_id_spent_at", "ledger", ["guild_id", "spent_at", "amount_micro_usd"]
+    )
     op.create_index("ix_ledger_job_id", "ledger", ["job_id"])
 
     op.create_table(
