@@ -11,6 +11,7 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import discord
@@ -20,9 +21,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from tests.fake_discord import (
+    ADMINISTRATOR,
+    ALL_PERMISSIONS,
     CREATE_PUBLIC_THREADS,
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_OPENAPI_SPEC,
+    MANAGE_GUILD,
+    MANAGE_ROLES,
     PRIVILEGED_INTENTS,
     FakeDiscord,
     FakeInteraction,
@@ -559,3 +564,151 @@ async def test_bot_in_another_process(fake: FakeDiscord) -> None:
             process.terminate()
         await asyncio.wait_for(process.communicate(), timeout=10)
     await fake.wait_for(lambda: not fake.gateway.live, timeout=5)
+
+
+# ----- roles and member permissions -----
+
+
+@dataclass
+class Seen:
+    """What the /inspect command saw, per invocation."""
+
+    answers: list[dict[str, object]] = field(default_factory=list)
+
+
+def make_role_bot(seen: Seen) -> commands.Bot:
+    """A bot whose /inspect reports the member's permissions and roles and the resolved role."""
+    bot = commands.Bot(
+        command_prefix=commands.when_mentioned,
+        intents=discord.Intents.default(),
+        guild_ready_timeout=0.1,
+        help_command=None,
+    )
+
+    @bot.tree.command(name="inspect", description="Report what the interaction carried")
+    @app_commands.describe(role="A role", place="A channel", who="A member")
+    async def inspect(
+        interaction: discord.Interaction,
+        role: discord.Role | None = None,
+        place: discord.TextChannel | None = None,
+        who: discord.Member | None = None,
+    ) -> None:
+        guild = interaction.guild
+        assert guild is not None and isinstance(interaction.user, discord.Member)
+        seen.answers.append(
+            {
+                "permissions": interaction.permissions.value,
+                "manage_guild": interaction.permissions.manage_guild,
+                "roles": sorted(r.id for r in interaction.user.roles if not r.is_default()),
+                "role": None if role is None else (role.id, role.name),
+                "role_in_this_guild": role is not None and guild.get_role(role.id) is not None,
+                "place": None
+                if place is None
+                else (place.id, _resolved_permissions(interaction, place.id)),
+                "who_roles": None if who is None else sorted(r.id for r in who.roles[1:]),
+            }
+        )
+        await interaction.response.send_message("seen", ephemeral=True)
+
+    async def setup_hook() -> None:
+        await bot.tree.sync()
+
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]
+    return bot
+
+
+def _resolved_permissions(interaction: discord.Interaction, channel_id: int) -> int:
+    """The invoking member's permissions in a channel option, as Discord resolved them."""
+    data: Any = interaction.data
+    return int(data["resolved"]["channels"][str(channel_id)]["permissions"])
+
+
+async def inspect(
+    fake: FakeDiscord, world: World, seen: Seen, user_id: int, **options: object
+) -> dict[str, object]:
+    before = len(seen.answers)
+    interaction = await fake.invoke_command(
+        "inspect", options, user_id=user_id, guild_id=world.guild_id, channel_id=world.channel_id
+    )
+    await fake.wait_for(lambda: interaction.original_response() is not None, timeout=5)
+    assert len(seen.answers) == before + 1
+    return seen.answers[-1]
+
+
+async def test_roles_and_member_permissions_reach_the_bot(fake: FakeDiscord) -> None:
+    world = build_world(fake)
+    seen = Seen()
+    bot = make_role_bot(seen)
+    async with run_bot(bot, fake):
+        admin_role = fake.make_admin(world.guild_id, world.user_id)
+        artists = fake.add_role(world.guild_id, "artists")
+        bob = fake.add_user("bob")
+        fake.give_role(world.guild_id, bob, artists)
+        guild = bot.get_guild(world.guild_id)
+        assert guild is not None
+        # GUILD_ROLE_CREATE reached the cache, as on Discord.
+        await fake.wait_for(lambda: guild.get_role(artists) is not None, timeout=5)
+        assert guild.get_role(admin_role).permissions.manage_guild  # type: ignore[union-attr]
+
+        admin = await inspect(
+            fake, world, seen, world.user_id, role=artists, place=world.channel_id
+        )
+        assert admin["manage_guild"] is True and admin["roles"] == [admin_role]
+        assert admin["role"] == (artists, "artists") and admin["role_in_this_guild"] is True
+        assert admin["place"] == (world.channel_id, admin["permissions"])
+        member = await inspect(fake, world, seen, bob, who=bob)
+        assert member["manage_guild"] is False and member["roles"] == [artists]
+        assert member["who_roles"] == [artists]
+        assert member["permissions"] == fake.member_permissions(
+            world.guild_id, bob, world.channel_id
+        )
+        # The owner and Administrator holders get every permission.
+        owner = await inspect(fake, world, seen, guild.owner_id or 0)
+        assert owner["permissions"] == ALL_PERMISSIONS
+        carol = fake.add_user("carol")
+        fake.make_admin(world.guild_id, carol, permissions=ADMINISTRATOR, name="Root")
+        assert (await inspect(fake, world, seen, carol))["permissions"] == ALL_PERMISSIONS
+
+        # A role of another server resolves (Discord's picker never offers one; a bot must
+        # still check), but is not in this guild.
+        other_guild = fake.add_guild("Elsewhere")
+        foreign = fake.add_role(other_guild, "strangers")
+        answer = await inspect(fake, world, seen, bob, role=foreign)
+        assert answer["role"] == (foreign, "strangers") and answer["role_in_this_guild"] is False
+
+        roles = await guild.fetch_roles()
+        assert {r.id for r in roles} == {world.guild_id, admin_role, artists} | {
+            r.id for r in guild.roles if r.name == "Root"
+        }
+        fetched = await guild.fetch_member(bob)
+        assert [r.id for r in fetched.roles[1:]] == [artists]
+
+        # Deleting a role: members lose it, the bot's cache drops it.
+        fake.delete_role(world.guild_id, artists)
+        await fake.wait_for(lambda: guild.get_role(artists) is None, timeout=5)
+        assert (await inspect(fake, world, seen, bob))["roles"] == []
+        # A deleted channel, announced as Discord does to a connected bot, leaves the cache.
+        doomed = fake.add_text_channel(world.guild_id, "doomed")
+        await fake.wait_for(lambda: bot.get_channel(doomed) is not None, timeout=5)
+        fake.delete_channel(doomed, announce=True)
+        await fake.wait_for(lambda: bot.get_channel(doomed) is None, timeout=5)
+    assert fake.openapi_violations == []
+    assert fake.unhandled_routes == []
+    assert fake.internal_errors == []
+
+
+async def test_member_permissions_follow_roles_and_implicit_denies(fake: FakeDiscord) -> None:
+    world = build_world(fake)
+    user = world.user_id
+    assert not fake.member_permissions(world.guild_id, user) & MANAGE_GUILD
+    role = fake.add_role(world.guild_id, "mods", MANAGE_GUILD | MANAGE_ROLES)
+    fake.give_role(world.guild_id, user, role)
+    assert fake.member_permissions(world.guild_id, user) & MANAGE_GUILD
+    assert fake.member_permissions(world.guild_id, user, world.channel_id) & MANAGE_ROLES
+    fake.take_role(world.guild_id, user, role)
+    assert not fake.member_permissions(world.guild_id, user) & MANAGE_GUILD
+    fake.give_role(world.guild_id, user, role)
+    fake.delete_role(world.guild_id, role)
+    assert not fake.member_permissions(world.guild_id, user) & MANAGE_GUILD
+    with pytest.raises(Exception, match="Unknown Role"):
+        fake.give_role(world.guild_id, user, role)

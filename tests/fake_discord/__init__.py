@@ -5,17 +5,23 @@ Point discord.py at it with ``discord.http.Route.BASE = fake.rest_base_url`` and
 ``DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)`` (``harness.run_bot`` does
 both), then build a world, invoke commands as a user and observe what the bot posted.
 Behaviour follows Discord's: the 3 s acknowledge deadline, 15-minute interaction tokens,
-permissions, upload limits, allowed_mentions, and OpenAPI validation of every request body.
+permissions (roles, Manage Server, Administrator, the owner), upload limits, allowed_mentions,
+and OpenAPI validation of every request body.
 """
 
 from __future__ import annotations
 
 from .models import (
+    ADMINISTRATOR,
+    ALL_PERMISSIONS,
     ATTACH_FILES,
     CREATE_PRIVATE_THREADS,
     CREATE_PUBLIC_THREADS,
     DEFAULT_BOT_PERMISSIONS,
     EMBED_LINKS,
+    MANAGE_CHANNELS,
+    MANAGE_GUILD,
+    MANAGE_ROLES,
     MENTION_EVERYONE,
     PRIVILEGED_INTENTS,
     READ_MESSAGE_HISTORY,
@@ -25,6 +31,7 @@ from .models import (
     FakeAttachment,
     FakeInteraction,
     FakeMessage,
+    FakeRole,
     Mentions,
     MessageVersion,
     RecordedRequest,
@@ -34,12 +41,17 @@ from .openapi import SpecUnavailable
 from .server import DEFAULT_OPENAPI_SPEC, FakeDiscord
 
 __all__ = [
+    "ADMINISTRATOR",
+    "ALL_PERMISSIONS",
     "ATTACH_FILES",
     "CREATE_PRIVATE_THREADS",
     "CREATE_PUBLIC_THREADS",
     "DEFAULT_BOT_PERMISSIONS",
     "DEFAULT_OPENAPI_SPEC",
     "EMBED_LINKS",
+    "MANAGE_CHANNELS",
+    "MANAGE_GUILD",
+    "MANAGE_ROLES",
     "MENTION_EVERYONE",
     "PRIVILEGED_INTENTS",
     "READ_MESSAGE_HISTORY",
@@ -50,6 +62,7 @@ __all__ = [
     "FakeDiscord",
     "FakeInteraction",
     "FakeMessage",
+    "FakeRole",
     "Mentions",
     "MessageVersion",
     "RecordedRequest",

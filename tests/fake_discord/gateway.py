@@ -25,12 +25,25 @@ HEARTBEAT_INTERVAL_MS = 41250
 
 # Which intent an event needs (None: always delivered).
 _GUILDS = 1 << 0
+_GUILD_MEMBERS = 1 << 1
 _GUILD_MESSAGES = 1 << 9
 _DIRECT_MESSAGES = 1 << 12
 _MESSAGE_EVENTS = frozenset({"MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_DELETE"})
 _GUILD_EVENTS = frozenset(
-    {"GUILD_CREATE", "CHANNEL_CREATE", "CHANNEL_UPDATE", "THREAD_CREATE", "THREAD_UPDATE"}
+    {
+        "GUILD_CREATE",
+        "CHANNEL_CREATE",
+        "CHANNEL_UPDATE",
+        "CHANNEL_DELETE",
+        "THREAD_CREATE",
+        "THREAD_UPDATE",
+        "THREAD_DELETE",
+        "GUILD_ROLE_CREATE",
+        "GUILD_ROLE_UPDATE",
+        "GUILD_ROLE_DELETE",
+    }
 )
+_MEMBER_EVENTS = frozenset({"GUILD_MEMBER_ADD", "GUILD_MEMBER_UPDATE", "GUILD_MEMBER_REMOVE"})
 
 
 def _required_intent(event: str, data: dict[str, Any]) -> int | None:
@@ -38,6 +51,8 @@ def _required_intent(event: str, data: dict[str, Any]) -> int | None:
         return _GUILD_MESSAGES if data.get("guild_id") else _DIRECT_MESSAGES
     if event in _GUILD_EVENTS:
         return _GUILDS
+    if event in _MEMBER_EVENTS:
+        return _GUILD_MEMBERS  # privileged: a bot without it never hears of role changes
     return None
 
 

@@ -18,6 +18,9 @@ DISCORD_EPOCH_MS = 1420070400000
 
 # Permission bits (Discord's values).
 CREATE_INSTANT_INVITE = 1 << 0
+ADMINISTRATOR = 1 << 3
+MANAGE_CHANNELS = 1 << 4
+MANAGE_GUILD = 1 << 5
 ADD_REACTIONS = 1 << 6
 VIEW_CHANNEL = 1 << 10
 SEND_MESSAGES = 1 << 11
@@ -28,10 +31,14 @@ ATTACH_FILES = 1 << 15
 READ_MESSAGE_HISTORY = 1 << 16
 MENTION_EVERYONE = 1 << 17
 USE_EXTERNAL_EMOJIS = 1 << 18
+MANAGE_ROLES = 1 << 28
 USE_APPLICATION_COMMANDS = 1 << 31
 CREATE_PUBLIC_THREADS = 1 << 35
 CREATE_PRIVATE_THREADS = 1 << 36
 SEND_MESSAGES_IN_THREADS = 1 << 38
+
+ALL_PERMISSIONS = (1 << 51) - 1
+"""What the guild owner and holders of Administrator get: every bit, in every channel."""
 
 DEFAULT_BOT_PERMISSIONS = (
     VIEW_CHANNEL
@@ -164,6 +171,18 @@ class FakeUser:
 
 
 @dataclass
+class FakeRole:
+    """A guild role (not @everyone, whose id is the guild's and whose permissions are fixed)."""
+
+    id: int
+    guild_id: int
+    name: str
+    permissions: int = 0
+    position: int = 1
+    mentionable: bool = False
+
+
+@dataclass
 class FakeGuild:
     """A guild; its @everyone role has the guild's id."""
 
@@ -173,6 +192,10 @@ class FakeGuild:
     filesize_limit: int
     joined_at: datetime
     member_ids: list[int] = field(default_factory=list)
+    roles: dict[int, FakeRole] = field(default_factory=dict)
+    """The guild's own roles by id (@everyone is implicit)."""
+    member_roles: dict[int, list[int]] = field(default_factory=dict)
+    """User id -> the role ids they hold (never @everyone), in the order given."""
 
 
 @dataclass

@@ -222,6 +222,7 @@ class RestApi:
             ("GET", "/guilds/{guild_id}", self.get_guild, bot),
             ("GET", "/guilds/{guild_id}/channels", self.get_guild_channels, bot),
             ("GET", "/guilds/{guild_id}/roles", self.get_guild_roles, bot),
+            ("GET", "/guilds/{guild_id}/roles/{role_id}", self.get_guild_role, bot),
             ("GET", "/guilds/{guild_id}/members/{user_id}", self.get_member, bot),
         ]  # fmt: skip
         self.routes = [
@@ -818,7 +819,15 @@ class RestApi:
     async def get_guild_roles(self, call: Call) -> Reply:
         """GET /guilds/{id}/roles."""
         guild = self.world.guild(call.snowflake("guild_id"))
-        return Reply([self.world.everyone_role_payload(guild)])
+        return Reply(self.world.roles_payload(guild))
+
+    async def get_guild_role(self, call: Call) -> Reply:
+        """GET /guilds/{id}/roles/{id}."""
+        guild = self.world.guild(call.snowflake("guild_id"))
+        role_id = call.snowflake("role_id")
+        if role_id == guild.id:
+            return Reply(self.world.everyone_role_payload(guild))
+        return Reply(self.world.role_payload(self.world.role(guild.id, role_id)))
 
     async def get_member(self, call: Call) -> Reply:
         """GET /guilds/{id}/members/{id}."""

@@ -19,6 +19,7 @@ from .gateway import GatewayHub
 from .models import (
     DEFAULT_BOT_PERMISSIONS,
     DM,
+    MANAGE_GUILD,
     DiscordError,
     FailureRule,
     FakeAttachment,
@@ -216,13 +217,83 @@ class FakeDiscord:
         """The DM channel between the bot and a user."""
         return self.world.dm_channel(user_id).id
 
-    def delete_channel(self, channel_id: int) -> None:
+    def delete_channel(self, channel_id: int, *, announce: bool = False) -> None:
         """A moderator deletes a channel or thread: from now on it is 404 Unknown Channel.
 
-        (No gateway event is sent: the bot must cope with learning it from a refused post.)
+        By default no gateway event is sent, as for a bot that was offline when it happened: it
+        must cope with learning it from a refused post. ``announce=True`` dispatches
+        CHANNEL_DELETE (THREAD_DELETE for a thread), as Discord does to a connected bot.
         """
-        self._channel(channel_id)
+        channel = self._channel(channel_id)
+        if announce:
+            if channel.is_thread:
+                event, payload = (
+                    "THREAD_DELETE",
+                    {
+                        "id": str(channel.id),
+                        "guild_id": str(channel.guild_id),
+                        "parent_id": str(channel.parent_id),
+                        "type": channel.type,
+                    },
+                )
+            else:
+                event, payload = "CHANNEL_DELETE", self.world.channel_payload(channel)
+            self._schedule(self.gateway.dispatch(event, payload))
         del self.world.channels[channel_id]
+
+    # ----- roles and permissions -----
+
+    def add_role(
+        self,
+        guild_id: int,
+        name: str,
+        permissions: int = 0,
+        *,
+        mentionable: bool = False,
+    ) -> int:
+        """A new role with these permission bits (dispatched as GUILD_ROLE_CREATE)."""
+        role = self.world.add_role(guild_id, name, permissions, mentionable=mentionable)
+        payload = {"guild_id": str(guild_id), "role": self.world.role_payload(role)}
+        self._schedule(self.gateway.dispatch("GUILD_ROLE_CREATE", payload))
+        return role.id
+
+    def give_role(self, guild_id: int, user_id: int, role_id: int) -> None:
+        """The user becomes a member holding the role (GUILD_MEMBER_UPDATE, which only bots with
+        the privileged Server Members intent receive; interactions always carry the roles)."""
+        self.world.user(user_id)
+        self.world.give_role(guild_id, user_id, role_id)
+        self._schedule(self._announce_member(guild_id, user_id))
+
+    def take_role(self, guild_id: int, user_id: int, role_id: int) -> None:
+        """The member loses the role."""
+        self.world.take_role(guild_id, user_id, role_id)
+        self._schedule(self._announce_member(guild_id, user_id))
+
+    def delete_role(self, guild_id: int, role_id: int) -> None:
+        """A moderator deletes a role: members lose it (dispatched as GUILD_ROLE_DELETE)."""
+        self.world.delete_role(guild_id, role_id)
+        payload = {"guild_id": str(guild_id), "role_id": str(role_id)}
+        self._schedule(self.gateway.dispatch("GUILD_ROLE_DELETE", payload))
+
+    def make_admin(
+        self, guild_id: int, user_id: int, *, permissions: int = MANAGE_GUILD, name: str = "Admin"
+    ) -> int:
+        """Give the user a new role with ``permissions`` (Manage Server: a server admin);
+        returns the role's id."""
+        role_id = self.add_role(guild_id, name, permissions)
+        self.give_role(guild_id, user_id, role_id)
+        return role_id
+
+    def member_permissions(self, guild_id: int, user_id: int, channel_id: int | None = None) -> int:
+        """The member's permissions in the server, or in a channel as interactions carry them."""
+        if channel_id is None:
+            return self.world.guild_permissions(self.world.guild(guild_id), user_id)
+        return self.world.member_permissions(self._channel(channel_id), user_id)
+
+    async def _announce_member(self, guild_id: int, user_id: int) -> None:
+        guild = self.world.guild(guild_id)
+        payload = {**self.world.member_payload(guild, user_id), "guild_id": str(guild_id)}
+        await self.gateway.dispatch("GUILD_MEMBER_UPDATE", payload)
 
     def add_attachment(
         self, data: bytes, filename: str, content_type: str | None = None
@@ -267,7 +338,7 @@ class FakeDiscord:
                 "did the bot call tree.sync()?"
             )
         option_payload, resolved = self._build_options(
-            command, parts[1:], dict(options or {}), guild_id
+            command, parts[1:], dict(options or {}), channel, user_id
         )
         data: dict[str, Any] = {
             "id": command["id"],
@@ -582,7 +653,7 @@ class FakeDiscord:
     ) -> dict[str, Any]:
         world = self.world
         channel_payload = world.channel_payload(channel)
-        channel_payload["permissions"] = str(world.member_permissions(channel))
+        channel_payload["permissions"] = str(world.member_permissions(channel, user_id))
         payload: dict[str, Any] = {
             "id": str(world.snowflakes.next()),
             "application_id": str(world.application_id),
@@ -600,7 +671,7 @@ class FakeDiscord:
         if guild_id is not None:
             guild = world.guild(guild_id)
             member = world.member_payload(guild, user_id)
-            member["permissions"] = str(world.member_permissions(channel))
+            member["permissions"] = str(world.member_permissions(channel, user_id))
             payload.update(
                 guild_id=str(guild_id),
                 guild={"id": str(guild_id), "locale": "en-US", "features": []},
@@ -652,7 +723,8 @@ class FakeDiscord:
         command: dict[str, Any],
         path: list[str],
         given: dict[str, object],
-        guild_id: int | None,
+        channel: FakeChannel,
+        user_id: int,
     ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
         definitions: list[dict[str, Any]] = command.get("options") or []
         for sub in path:
@@ -675,7 +747,9 @@ class FakeDiscord:
                 {
                     "name": option_name,
                     "type": kind,
-                    "value": self._option_value(kind, option_name, value, resolved, guild_id),
+                    "value": self._option_value(
+                        kind, option_name, value, resolved, channel, user_id
+                    ),
                 }
             )
         missing = [o["name"] for o in definitions if o.get("required") and o["name"] not in given]
@@ -692,38 +766,59 @@ class FakeDiscord:
         name: str,
         value: object,
         resolved: dict[str, dict[str, Any]],
-        guild_id: int | None,
+        channel: FakeChannel,
+        user_id: int,
     ) -> Any:
         world = self.world
+        guild_id = channel.guild_id
         if kind == 11:
             attachment = self._attachment_of(value)
             resolved.setdefault("attachments", {})[str(attachment.id)] = attachment.payload()
             return str(attachment.id)
+        if kind == 9 and self._role_payload_of(value, guild_id) is not None:
+            kind = 8  # a mentionable option given a role
         if kind in (6, 9):
             user = world.user(_as_id(value))
             resolved.setdefault("users", {})[str(user.id)] = world.user_payload(user)
             if guild_id is not None:
                 world.ensure_member(guild_id, user.id)
                 member = world.member_payload(world.guild(guild_id), user.id, with_user=False)
-                member["permissions"] = "0"
+                # Discord: the member's permissions in the channel the command was used in.
+                member["permissions"] = str(world.member_permissions(channel, user.id))
                 resolved.setdefault("members", {})[str(user.id)] = member
             return str(user.id)
         if kind == 7:
-            channel = self._channel(_as_id(value))
-            payload = world.channel_payload(channel)
-            payload["permissions"] = str(world.member_permissions(channel))
-            resolved.setdefault("channels", {})[str(channel.id)] = payload
-            return str(channel.id)
+            target = self._channel(_as_id(value))
+            payload = world.channel_payload(target)
+            # Discord: the invoking member's permissions in that channel.
+            payload["permissions"] = str(world.member_permissions(target, user_id))
+            resolved.setdefault("channels", {})[str(target.id)] = payload
+            return str(target.id)
         if kind == 8:
-            guild = world.guild(_as_id(value))
-            resolved.setdefault("roles", {})[str(guild.id)] = world.everyone_role_payload(guild)
-            return str(guild.id)
+            role = self._role_payload_of(value, guild_id)
+            if role is None:
+                raise LookupError(f"unknown role {value!r} (use add_role)")
+            resolved.setdefault("roles", {})[role["id"]] = role
+            return role["id"]
         expected = _OPTION_TYPES.get(kind)
         if expected is not None and (
             not isinstance(value, expected) or (kind in (4, 10) and isinstance(value, bool))
         ):
             raise TypeError(f"option {name!r} (type {kind}) got {value!r}")
         return value
+
+    def _role_payload_of(self, value: object, guild_id: int | None) -> dict[str, Any] | None:
+        """The role with that id: @everyone (a guild's id) or any guild's role. Another guild's
+        role is allowed on purpose: Discord's picker never offers one, but a bot must not trust
+        that (tests send one to check the bot refuses it)."""
+        try:
+            role_id = _as_id(value)
+        except (TypeError, ValueError):
+            return None
+        if role_id in self.world.guilds:
+            return self.world.everyone_role_payload(self.world.guilds[role_id])
+        role = self.world.find_role(role_id)
+        return None if role is None else self.world.role_payload(role)
 
     def _attachment_of(self, value: object) -> FakeAttachment:
         if isinstance(value, FakeAttachment):

@@ -7,6 +7,8 @@ from typing import Any
 
 from .media import guess_content_type, image_size
 from .models import (
+    ADMINISTRATOR,
+    ALL_PERMISSIONS,
     ATTACH_FILES,
     DEFAULT_BOT_PERMISSIONS,
     DM,
@@ -24,6 +26,7 @@ from .models import (
     FakeChannel,
     FakeGuild,
     FakeMessage,
+    FakeRole,
     FakeUser,
     SnowflakeFactory,
     implicit_permissions,
@@ -214,11 +217,31 @@ class World:
             return DM_PERMISSIONS
         return implicit_permissions(self.bot_raw_permissions(channel), thread=channel.is_thread)
 
-    def member_permissions(self, channel: FakeChannel) -> int:
-        """An ordinary member's computed permissions in the channel."""
+    def guild_permissions(self, guild: FakeGuild, user_id: int) -> int:
+        """A member's server-wide permissions: @everyone's, plus every role's they hold; the
+        owner and holders of Administrator get every permission."""
+        if user_id == guild.owner_id:
+            return ALL_PERMISSIONS
+        total = MEMBER_PERMISSIONS
+        for role_id in guild.member_roles.get(user_id, []):
+            role = guild.roles.get(role_id)
+            if role is not None:
+                total |= role.permissions
+        return ALL_PERMISSIONS if total & ADMINISTRATOR else total
+
+    def member_permissions(self, channel: FakeChannel, user_id: int | None = None) -> int:
+        """A member's computed permissions in the channel, as interactions carry them
+        (``user_id`` None: an ordinary member with no roles). The fake has no channel
+        overwrites for members, so only Discord's implicit denies apply, and Administrator
+        (or owning the server) overrides even those."""
         if channel.type == DM:
             return DM_PERMISSIONS
-        return implicit_permissions(MEMBER_PERMISSIONS, thread=channel.is_thread)
+        raw = MEMBER_PERMISSIONS
+        if user_id is not None and channel.guild_id is not None:
+            raw = self.guild_permissions(self.guild(channel.guild_id), user_id)
+        if raw == ALL_PERMISSIONS:
+            return raw
+        return implicit_permissions(raw, thread=channel.is_thread)
 
     def upload_limit(self, channel: FakeChannel) -> int:
         """Maximum total upload size for a message there."""
@@ -252,6 +275,60 @@ class World:
         )
         self.guilds[guild.id] = guild
         return guild
+
+    def add_role(
+        self, guild_id: int, name: str, permissions: int, *, mentionable: bool = False
+    ) -> FakeRole:
+        """Create a role above the guild's existing ones."""
+        guild = self.guild(guild_id)
+        role = FakeRole(
+            id=self.snowflakes.next(),
+            guild_id=guild_id,
+            name=name,
+            permissions=permissions,
+            position=1 + max((r.position for r in guild.roles.values()), default=0),
+            mentionable=mentionable,
+        )
+        guild.roles[role.id] = role
+        return role
+
+    def role(self, guild_id: int, role_id: int) -> FakeRole:
+        """A guild's role or 404 Unknown Role."""
+        role = self.guild(guild_id).roles.get(role_id)
+        if role is None:
+            raise DiscordError(404, 10011, "Unknown Role")
+        return role
+
+    def find_role(self, role_id: int) -> FakeRole | None:
+        """A role of any guild."""
+        for guild in self.guilds.values():
+            if role_id in guild.roles:
+                return guild.roles[role_id]
+        return None
+
+    def give_role(self, guild_id: int, user_id: int, role_id: int) -> None:
+        """Make the user a member holding the role (idempotent)."""
+        self.role(guild_id, role_id)
+        self.ensure_member(guild_id, user_id)
+        held = self.guild(guild_id).member_roles.setdefault(user_id, [])
+        if role_id not in held:
+            held.append(role_id)
+
+    def take_role(self, guild_id: int, user_id: int, role_id: int) -> None:
+        """Remove a role from a member (no-op if they do not hold it)."""
+        held = self.guild(guild_id).member_roles.get(user_id, [])
+        if role_id in held:
+            held.remove(role_id)
+
+    def delete_role(self, guild_id: int, role_id: int) -> FakeRole:
+        """Delete a role: every member loses it."""
+        guild = self.guild(guild_id)
+        role = self.role(guild_id, role_id)
+        del guild.roles[role_id]
+        for held in guild.member_roles.values():
+            if role_id in held:
+                held.remove(role_id)
+        return role
 
     def add_text_channel(self, guild_id: int, name: str, bot_permissions: int) -> FakeChannel:
         """Create a text channel."""
@@ -384,7 +461,7 @@ class World:
         """A guild member object."""
         joined = guild.joined_at if user_id == self.bot.id else snowflake_time(guild.id)
         payload: dict[str, Any] = {
-            "roles": [],
+            "roles": [str(r) for r in guild.member_roles.get(user_id, [])],
             "joined_at": iso(joined),
             "deaf": False,
             "mute": False,
@@ -402,20 +479,18 @@ class World:
 
     def everyone_role_payload(self, guild: FakeGuild) -> dict[str, Any]:
         """The @everyone role (id = guild id) with the ordinary member permissions."""
-        return {
-            "id": str(guild.id),
-            "name": "@everyone",
-            "permissions": str(MEMBER_PERMISSIONS),
-            "position": 0,
-            "color": 0,
-            "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
-            "hoist": False,
-            "managed": False,
-            "mentionable": False,
-            "icon": None,
-            "unicode_emoji": None,
-            "flags": 0,
-        }
+        return _role_payload(guild.id, "@everyone", MEMBER_PERMISSIONS, 0, mentionable=False)
+
+    def role_payload(self, role: FakeRole) -> dict[str, Any]:
+        """A role object."""
+        return _role_payload(
+            role.id, role.name, role.permissions, role.position, mentionable=role.mentionable
+        )
+
+    def roles_payload(self, guild: FakeGuild) -> list[dict[str, Any]]:
+        """@everyone, then the guild's roles by position."""
+        ordered = sorted(guild.roles.values(), key=lambda r: (r.position, r.id))
+        return [self.everyone_role_payload(guild)] + [self.role_payload(r) for r in ordered]
 
     def _last_message_id(self, channel: FakeChannel) -> str | None:
         history = self.channel_history(channel.id, include_hidden=False)
@@ -527,7 +602,7 @@ class World:
             "preferred_locale": "en-US",
             "vanity_url_code": None,
             "features": [],
-            "roles": [self.everyone_role_payload(guild)],
+            "roles": self.roles_payload(guild),
             "emojis": [],
             "stickers": [],
             "max_members": 500000,
@@ -628,3 +703,22 @@ class World:
             if guild is not None and message.author_id in guild.member_ids:
                 payload["member"] = self.member_payload(guild, message.author_id, with_user=False)
         return payload
+
+
+def _role_payload(
+    role_id: int, name: str, permissions: int, position: int, *, mentionable: bool
+) -> dict[str, Any]:
+    return {
+        "id": str(role_id),
+        "name": name,
+        "permissions": str(permissions),
+        "position": position,
+        "color": 0,
+        "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None},
+        "hoist": False,
+        "managed": False,
+        "mentionable": mentionable,
+        "icon": None,
+        "unicode_emoji": None,
+        "flags": 0,
+    }
