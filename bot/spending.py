@@ -269,9 +269,13 @@ class Spending:
         self.unlinked_grace = timedelta(seconds=unlinked_grace_seconds)
         # SQLite: write transactions take the write lock up front (see bot.store).
         self._write_engine = engine.execution_options(**{_SQLITE_IMMEDIATE: True})
-        # Not for correctness (the database lock is that): SQLite's busy handler polls with
-        # sleeps of up to 100 ms, so this process's own writers queue here instead.
-        self._local_queue = asyncio.Lock() if self._dialect == "sqlite" else None
+        # Not for correctness (the database lock is that, across processes): this process's
+        # own contenders wait here, cheaply and in order, instead of each holding a pooled
+        # connection while waiting for the database lock (PostgreSQL), or sleeping in SQLite's
+        # polling busy handler (up to 100 ms a turn). SQLite queues every write, PostgreSQL
+        # only the locked ones.
+        self._locked_queue = asyncio.Lock()
+        self._sqlite = self._dialect == "sqlite"
 
     def estimate(self, spec: ModelSpec, duration: int, resolution: str) -> float | None:
         return estimate_usd(spec, duration, resolution, self.model_prices)
@@ -307,7 +311,7 @@ class Spending:
         if estimate_usd is not None and not (math.isfinite(estimate_usd) and estimate_usd >= 0):
             raise ValueError(f"estimate_usd must be a finite amount >= 0, got {estimate_usd}")
         amount = 0 if estimate_usd is None else to_micros(estimate_usd)
-        async with self._queue(), self._write_engine.begin() as conn:
+        async with self._locked_queue, self._write_engine.begin() as conn:
             # Read before the lock on PostgreSQL (SQLite already holds it): the settings in
             # force when the request arrived.
             config = await load_config(
@@ -527,7 +531,7 @@ class Spending:
         """
         until = require_aware(until, "until")
         now = require_aware(now, "now")
-        async with self._queue(), self._write_engine.begin() as conn:
+        async with self._locked_queue, self._write_engine.begin() as conn:
             await self._lock(conn)
             current = _pause_time(await _pause_value(conn), now)
             if current is not None and current >= until:
@@ -549,7 +553,8 @@ class Spending:
     # --- internals ------------------------------------------------------------------------------
 
     def _queue(self) -> contextlib.AbstractAsyncContextManager[object]:
-        return self._local_queue if self._local_queue is not None else contextlib.nullcontext()
+        """Where an unlocked write waits its turn: SQLite has one writer at a time anyway."""
+        return self._locked_queue if self._sqlite else contextlib.nullcontext()
 
     async def _lock(self, conn: AsyncConnection) -> None:
         # SQLite: the transaction began with BEGIN IMMEDIATE, which already is the lock.

@@ -544,10 +544,13 @@ async def test_twenty_simultaneous_requests_that_fit_two_accept_exactly_two(
 async def test_two_processes_on_one_database_accept_exactly_two(
     store: JobStore, store_url: str
 ) -> None:
-    # Two engines with their own connection pools: what two bot processes would have.
+    # Two engines with their own connection pools: what two bot processes would have. Each
+    # request gets a Spending of its own, so no in-process queue orders them: only the
+    # database does.
     second = await JobStore.open(store_url)
     try:
-        await _race([spending_for(store, FITS_TWO), spending_for(second, FITS_TWO)], store)
+        workers = [spending_for(engine, FITS_TWO) for engine in (store, second) for _ in range(10)]
+        await _race(workers, store)
     finally:
         await second.close()
 
