@@ -90,6 +90,14 @@ class SettingRejected(InputRejected):
     """An admin's value cannot be used; nothing was changed. The reason is one line."""
 
 
+class ServerPaused(InputRejected):
+    def __init__(self) -> None:
+        super().__init__(
+            "This server's admins have paused /animate. Videos already being made will still "
+            "arrive."
+        )
+
+
 # --- values --------------------------------------------------------------------------------------
 
 
@@ -662,6 +670,15 @@ class GuildSettings:
         return SettingChange(
             guild_id, actor_id, label, _access_text(kind, before), _access_text(kind, frozenset())
         )
+
+    async def log_channels(self) -> dict[int, int]:
+        """Every server that has a log channel: guild id → channel id (bot-wide notices)."""
+        query = sa.select(guild_settings.c.guild_id, guild_settings.c.log_channel_id).where(
+            guild_settings.c.log_channel_id.is_not(None)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {int(guild_id): int(channel_id) for guild_id, channel_id in rows}
 
     async def forget(
         self, guild_id: int, *, channel_id: int | None = None, role_id: int | None = None

@@ -42,7 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bot.catalog import ModelSpec
 from bot.errors import InputRejected, TooManyActiveJobs
-from bot.guild_settings import BotDefaults, GuildConfig, load_config
+from bot.guild_settings import BotDefaults, GuildConfig, ServerPaused, load_config
 from bot.jobs import ACTIVE_STATES, Outcome
 from bot.store import (
     _ID,
@@ -297,12 +297,13 @@ class Spending:
     ) -> Reservation:
         """Check every limit and hold the estimate, in one locked transaction.
 
-        Refuses (an InputRejected subclass, nothing recorded) when submissions are paused, the
-        member's cooldown has not passed, they have `max_active` unfinished videos, the price is
-        unknown while a money limit applies, or the estimate does not fit any one of: the
-        member's daily and monthly allowance (most generous role, else the server's, else the
-        bot's), the server's monthly budget, the bot's monthly budget. In DMs (guild_id None)
-        only the member and bot limits apply. 0 means no limit.
+        Refuses (an InputRejected subclass, nothing recorded) when submissions are paused (out
+        of credits, or the server's admins paused /animate), the member's cooldown has not
+        passed, they have `max_active` unfinished videos, the price is unknown while a money
+        limit applies, or the estimate does not fit any one of: the member's daily and monthly
+        allowance (most generous role, else the server's, else the bot's), the server's monthly
+        budget, the bot's monthly budget. In DMs (guild_id None) only the member and bot limits
+        apply. 0 means no limit.
 
         The server's settings are read in the same transaction, just before the lock on
         PostgreSQL: a change an admin commits at that very instant applies from the next request.
@@ -317,6 +318,8 @@ class Spending:
             config = await load_config(
                 conn, guild_id, self.defaults, only_roles=role_ids, with_access=False
             )
+            if config.paused:
+                raise ServerPaused()
             limits = _money_limits(config, role_ids)
             cooldown = config.cooldown_seconds.value
             await self._lock(conn)

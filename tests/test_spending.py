@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from bot.catalog import CATALOG
 from bot.errors import InputRejected, TooManyActiveJobs, user_message
-from bot.guild_settings import BotDefaults, GuildSettings
+from bot.guild_settings import BotDefaults, GuildSettings, ServerPaused
 from bot.jobs import JobState, NewJob, Outcome
 from bot.spending import (
     CooldownActive,
@@ -376,6 +376,19 @@ async def test_out_of_credits_pauses_every_submission_and_is_announced_once(
 
 
 # --- settlement, refunds, sums -------------------------------------------------------------------
+
+
+async def test_a_paused_server_accepts_nothing_until_resumed(store: JobStore) -> None:
+    spending = spending_for(store)
+    settings = GuildSettings(store.engine, spending.defaults)
+    await settings.update(GUILD, {"paused": True}, actor_id=1, now=NOW)
+    with pytest.raises(ServerPaused) as refused:
+        await spending.reserve(requester_id=MEMBER, guild_id=GUILD, estimate_usd=1, now=NOW)
+    assert "admins have paused" in user_message(refused.value)
+    assert await ledger_rows(store) == 0
+    await spending.reserve(requester_id=MEMBER, guild_id=GUILD + 1, estimate_usd=1, now=NOW)
+    await settings.update(GUILD, {"paused": False}, actor_id=1, now=NOW)
+    await spending.reserve(requester_id=MEMBER, guild_id=GUILD, estimate_usd=1, now=NOW)
 
 
 async def test_settle_and_release_close_a_reservation_exactly_once(store: JobStore) -> None:
