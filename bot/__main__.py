@@ -4,10 +4,11 @@ Loads `.env` (the real environment wins), validates settings (exit 2 with every 
 no traceback), logs to stdout, then runs until stopped.
 
 Start-up problems (Discord or the database out of reach, a DNS failure, a refused login) are
-logged as one line each, never a traceback. Where waiting can help (network, DNS, a database
-that is not up yet) the whole start is tried again with exponential backoff; when the attempts
-run out the exit code is 1, so a supervisor may restart later. Where waiting cannot help (a bad
-token, a bad URL, a refused database login) the exit code is 2 at once.
+logged as one line each, never a traceback; so are discord.py's own gateway retries. Where
+waiting can help (network, DNS, a database that is not up yet) the whole start is tried again
+with exponential backoff; when the attempts run out the exit code is 1, so a supervisor may
+restart later. Where waiting cannot help (a bad token, a bad URL, a refused database login) the
+exit code is 2 at once.
 """
 
 from __future__ import annotations
@@ -77,12 +78,34 @@ class StartupFailed(Exception):
         self.exit_code = exit_code
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, gateway_url: str | None = None) -> None:
     # stdout only: the worker's platform collects it; files on an ephemeral disk would be lost.
     handler = logging.StreamHandler(sys.stdout)
     discord.utils.setup_logging(handler=handler, level=getattr(logging, level), root=True)
     # discord.py logs every gateway event at DEBUG; keep it at INFO even when we debug.
     logging.getLogger("discord").setLevel(max(logging.INFO, getattr(logging, level)))
+    if gateway_url is not None:
+        logging.getLogger("discord.client").addFilter(GatewayRetryInOneLine(gateway_url))
+
+
+class GatewayRetryInOneLine(logging.Filter):
+    """discord.py retries a lost gateway itself, with backoff, but logs each retry with a full
+    traceback. A network problem gets one line with the reason instead."""
+
+    def __init__(self, gateway_url: str) -> None:
+        super().__init__()
+        self.gateway_url = gateway_url
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None and str(record.msg).startswith("Attempting a reconnect"):
+            reason = explain_gateway_error(error, self.gateway_url)
+            if reason is not None:
+                record.msg = f"{record.getMessage()}. {reason}"
+                record.args = ()
+                record.exc_info = None
+                record.exc_text = None
+        return True
 
 
 # --- explaining start-up failures ----------------------------------------------------------------
@@ -116,6 +139,22 @@ def _os_reason(error: BaseException | None) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror.lower()
     return "connection failed"
+
+
+def explain_gateway_error(error: BaseException, gateway_url: str) -> str | None:
+    """One sentence for a network failure on Discord's gateway; None for anything else."""
+    url = mask_url_password(gateway_url)
+    check = "Check the network connection, or DISCORD_GATEWAY_URL if you set it."
+    if isinstance(error, aiohttp.ClientConnectorError):
+        if isinstance(error.os_error, socket.gaierror):
+            return f"Cannot look up the address of {error.host} (DNS) to reach {url}. {check}"
+        reason = _os_reason(error.os_error)
+        return f"Cannot reach the Discord gateway at {url} ({reason}). {check}"
+    if isinstance(error, discord.ConnectionClosed):
+        return f"The Discord gateway closed the connection (code {error.code})."
+    if isinstance(error, aiohttp.ClientError | OSError | TimeoutError):
+        return f"The connection to the Discord gateway at {url} failed ({_os_reason(error)})."
+    return None  # anything else may be a bug: keep its traceback
 
 
 def explain_discord_failure(exc: BaseException, settings: Settings) -> StartupProblem | None:
@@ -285,7 +324,18 @@ async def start_once(settings: Settings, *, sync_only: bool) -> StartupProblem |
                 raise
             return problem
         if not sync_only:
-            await serve(bot)
+            try:
+                await serve(bot)
+            except Exception as exc:
+                if bot.ws is not None:
+                    raise  # it was connected: not a start-up failure
+                # discord.py 2.7 crashes (AttributeError) retrying a first connection that
+                # failed; the network error it was handling is in the exception's context.
+                for cause in _causes(exc):
+                    reason = explain_gateway_error(cause, settings.discord_gateway_url)
+                    if reason is not None:
+                        return StartupProblem(reason, transient=True)
+                raise
     return None
 
 
@@ -326,7 +376,7 @@ def main(argv: list[str], *, retry: StartupRetry | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.discord_gateway_url)
     log.info("starting (model %s, database %s)", settings.default_model, settings.safe_database_url)
     try:
         asyncio.run(run(settings, sync_only=argv == ["sync"], retry=retry))

@@ -465,3 +465,19 @@ async def test_an_sqlite_file_that_cannot_be_created_is_one_line_and_exit_2(fake
     [line] = problem_lines(output, "Cannot open the SQLite database")
     assert "/proc/animate-bot/jobs.db" in line and "DATABASE_URL" in line
     assert RETRY_LINE not in output
+
+
+async def test_gateway_unreachable_is_one_line_not_a_crash(fakes: Fakes) -> None:
+    # One attempt: the retry loop is the one proven above. (Each failed start here also waits
+    # for cogs/animate.py's unload, which gives a never-started background loop 10 s.)
+    with closed_port() as port:
+        gateway = f"ws://127.0.0.1:{port}/"
+        code, output = await fakes.run_to_exit(
+            "gateway.log", attempts=1, DISCORD_GATEWAY_URL=gateway
+        )
+    assert code == 1, output
+    problem = f"Cannot reach the Discord gateway at {gateway} (connection refused)"
+    theirs, ours = problem_lines(output, problem + ". Check the network connection, or DISCORD_")
+    assert "Attempting a reconnect" in theirs  # discord.py's own retry, now one line
+    assert "Gave up after 1 attempt." in ours and "DISCORD_GATEWAY_URL" in ours
+    assert "Traceback" not in output and "AttributeError" not in output
