@@ -304,3 +304,10 @@ async def test_migration_0005_upgrades_a_0004_database_and_can_be_undone(store_u
         assert "jobs" in left
     finally:
         await engine.dispose()
+
+
+async def test_log_channels_lists_every_server_with_one(settings: GuildSettings) -> None:
+    await settings.update(GUILD, {"log_channel_id": CHANNEL_A}, actor_id=ADMIN, now=NOW)
+    await settings.update(GUILD + 1, {"log_channel_id": CHANNEL_B}, actor_id=ADMIN, now=NOW)
+    await settings.update(GUILD + 2, {"paused": True}, actor_id=ADMIN, now=NOW)
+    assert await settings.log_channels() == {GUILD: CHANNEL_A, GUILD + 1: CHANNEL_B}
