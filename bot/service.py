@@ -47,7 +47,7 @@ from bot.imaging import (
     prepare_image,
 )
 from bot.jobs import Job, JobState, NewJob, Outcome
-from bot.provider import DownloadedVideo, GenerationState, ProviderClient
+from bot.provider import DownloadedVideo, GenerationState, ProviderClient, VideoLinkRefused
 from bot.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -205,14 +205,12 @@ class FixedPollSchedule(PollSchedule):
 UNKNOWN_MODEL_TYPICAL_SECONDS = 120.0
 
 # When a submit request may have reached the provider but its answer was never recorded, the job
-# is resubmitted only this long after the submitting worker's lease ran out. The provider has no
-# idempotency key, so a resubmit may pay twice: we wait well past the time a live worker keeps
-# retrying the write of the provider's id (see JobService._durably), so only a worker that is
-# truly gone is replaced. Without any submit in flight, an expired lease is taken at once.
-SUBMIT_IN_FLIGHT_GRACE_SECONDS = 600.0
-
-# Retries of the write that records the provider's id after a paid submit: 1, 2, 4 … 60 s.
-DURABLE_WRITE_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0)
+# is resubmitted only SUBMIT_IN_FLIGHT_GRACE_SECONDS after the submitting worker's lease ran out.
+# The provider has no idempotency key, so a resubmit may pay twice: meanwhile a live worker keeps
+# retrying the write of the provider's id (JobService._durably) and stops before the grace ends,
+# so only a worker that is truly gone is replaced. Without a submit in flight, an expired lease is
+# taken at once.
+DURABLE_WRITE_DELAYS = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0, 30.0, 30.0, 30.0)
 
 
 class JobService:
@@ -494,12 +492,18 @@ class JobService:
         return updated
 
     async def _durably(self, what: str, write: Callable[[], Awaitable[Job | None]]) -> Job | None:
-        """Run a database write that must not be lost, retrying through database errors."""
+        """Run a database write that must not be lost, retrying through database errors.
+
+        Retries stop before another worker could take the job over (lease + in-flight grace).
+        """
+        budget = self.settings.lease_seconds + self.settings.submit_in_flight_grace_seconds
+        started = self.clock.now()
         for attempt, delay in enumerate((*DURABLE_WRITE_DELAYS, None)):
             try:
                 return await write()
             except Exception as exc:
-                if delay is None:
+                spent = (self.clock.now() - started).total_seconds()
+                if delay is None or spent + delay >= budget:
                     log.error("%s: gave up after %d database errors", what, attempt + 1)
                     raise
                 log.warning(
@@ -589,7 +593,7 @@ class JobService:
         for job in await self.store.due_for_submit(
             now,
             limit=self.settings.max_concurrent_polls,
-            in_flight_grace_seconds=SUBMIT_IN_FLIGHT_GRACE_SECONDS,
+            in_flight_grace_seconds=self.settings.submit_in_flight_grace_seconds,
         ):
             touched += 1
             await self._guarded(job, self._resubmit(job, delivery))
@@ -658,7 +662,7 @@ class JobService:
             now=now,
             lease_seconds=self.settings.lease_seconds,
             worker=self.worker_id,
-            in_flight_grace_seconds=SUBMIT_IN_FLIGHT_GRACE_SECONDS,
+            in_flight_grace_seconds=self.settings.submit_in_flight_grace_seconds,
         )
         if leased is None:
             return  # another worker took it
@@ -950,9 +954,15 @@ class JobService:
             )
         await self._safe_status(delivery, job)
         url = job.result_url
+        if not self.provider.video_url_allowed(url):
+            log.warning("job %s: the provider's video link is not on its own hosts", job.id)
+            return await self._refuse_link(job, delivery, _foreign_link())
         cap = min(self.settings.max_video_bytes, max(job.upload_limit_bytes, 1))
         try:
             video = await self._fetch_video(job, url, cap)
+        except VideoLinkRefused:  # a redirect led elsewhere
+            log.warning("job %s: the video link redirected off the provider's hosts", job.id)
+            return await self._refuse_link(job, delivery, _foreign_link())
         except VideoTooLarge:
             return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
         except TimeoutError:
@@ -969,6 +979,22 @@ class JobService:
             return await delivery.post_video(job, video)
         except UploadRejected:
             return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
+
+    async def _refuse_link(self, job: Job, delivery: Delivery, exc: VideoLinkRefused) -> int:
+        """A link that may point inside our network is never fetched nor shown: the job ends
+        as failed, without the link."""
+        reason = user_message(exc)
+        updated = await self.store.transition(
+            job.id,
+            from_states=[JobState.DELIVERING],
+            now=self.clock.now(),
+            outcome=Outcome.FAILED,
+            error_message=reason,
+            result_url=None,
+        )
+        if updated is None:
+            raise LeaseLost("the job left 'delivering'")
+        return await delivery.post_failure(updated, reason)
 
     async def _fetch_video(self, job: Job, url: str, cap: int) -> DownloadedVideo:
         """Download once per job and keep it until delivered: a retry reuses the file."""
@@ -1046,6 +1072,10 @@ class JobService:
             await delivery.show_status(job)
         except Exception:
             log.warning("job %s: could not update the status message", job.id, exc_info=True)
+
+
+def _foreign_link() -> VideoLinkRefused:
+    return VideoLinkRefused("the video link does not point to the video service's own servers")
 
 
 def _current_task_cancelling() -> bool:

@@ -686,3 +686,15 @@ async def test_when_nobody_can_be_reached_the_job_ends_and_says_why(world: World
     assert final is not None and final.state == JobState.DONE
     assert "DMs are closed" in (final.delivery_note or "")
     assert len(world.provider.video_requests) == 1
+
+
+async def test_a_foreign_video_link_is_neither_fetched_nor_shown(world: World) -> None:
+    metadata = "http://169.254.169.254/latest/meta-data/iam"
+    world.provider.script_next_job(["completed"], result_url=metadata)
+    job = await world.animate()
+    await world.run_for(200)
+    [post] = world.delivery.for_job(job.id)
+    assert post.kind == "failure" and "own servers" in post.detail
+    assert "169.254" not in post.detail
+    final = await world.store.get(job.id)
+    assert final is not None and final.outcome == Outcome.FAILED and final.result_url is None
