@@ -73,6 +73,9 @@ class Settings:
     # Leases are renewed while their work runs, so a short one is safe and lets another worker
     # take over a dead process's jobs quickly.
     lease_seconds: float = 30.0
+    # A submit whose answer was lost (crash, database away) is sent again only this long after
+    # its worker's lease ran out: the provider has no idempotency key, so it may be paid twice.
+    submit_in_flight_grace_seconds: float = 120.0
     max_concurrent_deliveries: int = 4
     # A download that has not finished by then (a stalled CDN) is given up and linked instead.
     download_timeout_seconds: float = 300.0
@@ -145,6 +148,11 @@ class Settings:
                 "MAX_CONCURRENT_POLLS", cls.max_concurrent_polls, _positive_int
             ),
             "lease_seconds": reader.get("LEASE_SECONDS", cls.lease_seconds, _lease_seconds),
+            "submit_in_flight_grace_seconds": reader.get(
+                "SUBMIT_IN_FLIGHT_GRACE_SECONDS",
+                cls.submit_in_flight_grace_seconds,
+                _positive_float,
+            ),
             "max_concurrent_deliveries": reader.get(
                 "MAX_CONCURRENT_DELIVERIES", cls.max_concurrent_deliveries, _positive_int
             ),

@@ -88,6 +88,7 @@ class Fakes:
             "POLL_MIN_INTERVAL_SECONDS": "0.3",
             "POLL_TICK_SECONDS": "0.2",
             "LEASE_SECONDS": "3",
+            "SUBMIT_IN_FLIGHT_GRACE_SECONDS": "1",
         }
 
     @contextmanager
