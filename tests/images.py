@@ -179,3 +179,61 @@ def psnr(a: Image.Image, b: Image.Image) -> float:
     rms = ImageStat.Stat(ImageChops.difference(a.convert("RGB"), b.convert("RGB"))).rms
     mse = sum(r * r for r in rms) / len(rms)
     return math.inf if mse == 0 else 10 * math.log10(255**2 / mse)
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def big_png(width: int, height: int, *, depth: int = 16, colour_type: int = 0) -> bytes:
+    """A valid PNG of any size, written row by row without ever holding its pixels: a vertical
+    ramp (each row one value), so it compresses to almost nothing, like the 109 KiB 16-bit
+    7000x7000 file of issue 7 (a memory bomb within every byte limit).
+
+    colour_type: 0 grey, 2 RGB, 3 palette (a grey palette, index 0 transparent), 4 grey+alpha,
+    6 RGBA; depth as PNG allows for it (1, 2, 4, 8, 16).
+    """
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour_type]
+    row_bytes = math.ceil(width * channels * depth / 8)
+    top = (1 << depth) - 1
+    packer = zlib.compressobj(1)
+    parts = []
+    for y in range(height):
+        value = y * top // max(1, height - 1)
+        if depth >= 8:
+            row = value.to_bytes(depth // 8, "big") * (width * channels)
+        else:  # 1, 2 or 4 bits per sample: the value repeated in every slot of each byte
+            byte = 0
+            for shift in range(0, 8, depth):
+                byte |= value << shift
+            row = bytes([byte]) * row_bytes
+        parts.append(packer.compress(b"\0" + row))  # filter type 0 (None)
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    chunks = [_png_chunk(b"IHDR", header)]
+    if colour_type == 3:
+        chunks.append(_png_chunk(b"PLTE", bytes(v for i in range(256) for v in (i, i, i))))
+        chunks.append(_png_chunk(b"tRNS", b"\0"))
+    chunks += [_png_chunk(b"IDAT", b"".join(parts)), _png_chunk(b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks)
+
+
+def bmp(
+    size: tuple[int, int],
+    *,
+    bits: int,
+    compression: int = 0,
+    masks: tuple[int, ...] = (),
+) -> bytes:
+    """A BMP (BITMAPINFOHEADER) of black pixels with any bit depth, compression and bit-field
+    masks, valid or not as the caller chooses: for variants no encoder at hand writes."""
+    width, height = size
+    pixels = bytes(((width * bits + 31) // 32) * 4 * height)
+    extra = b"".join(struct.pack("<I", m) for m in masks)
+    palette = bytes(4 << bits) if 0 < bits <= 8 else b""
+    offset = 14 + 40 + len(extra) + len(palette)
+    dib = struct.pack(
+        "<IiiHHIIiiII", 40, width, height, 1, bits, compression, len(pixels), 2835, 2835, 0, 0
+    )
+    file_header = b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset)
+    return file_header + dib + extra + palette + pixels

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import os
 import random
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin
 
+import bot.imaging as imaging
 from bot.catalog import CATALOG, Preset
 from bot.errors import ImageRejected, user_message
 from bot.imaging import (
@@ -20,6 +26,7 @@ from bot.imaging import (
     ImageLimits,
     PreparedImage,
     detect_format,
+    estimate_decode_bytes,
     prepare_image,
 )
 from tests.images import (
@@ -29,6 +36,8 @@ from tests.images import (
     RED,
     WHITE,
     YELLOW,
+    big_png,
+    bmp,
     close_to,
     decode,
     encode,
@@ -525,7 +534,7 @@ def test_png_header_claiming_huge_dimensions_is_refused_without_decoding(
     bomb = patch_png_size(encode(solid(RED, (300, 300)), "PNG"), 100_000, 100_000)
     monkeypatch.setattr(Image, "open", _refuse_open)
     reason = rejected(bomb, "too_many_pixels")
-    assert "100000×100000" in reason and "10000 megapixels" in reason and "50 megapixels" in reason
+    assert "100000×100000" in reason and "(10,000.0 MP)" in reason and "limit is 50.0 MP" in reason
 
 
 @pytest.mark.parametrize(
@@ -548,7 +557,7 @@ def test_pixel_limit_is_read_from_every_header_without_decoding(
     data = encode(solid(RED, (1200, 1000)), fmt, **params)
     monkeypatch.setattr(Image, "open", _refuse_open)  # only now: encode() above needs Pillow
     reason = rejected(data, "too_many_pixels", limits=ImageLimits(max_pixels=1_000_000))
-    assert "1200×1000" in reason and "1.2 megapixels" in reason and "1 megapixels" in reason
+    assert "1200×1000" in reason and "(1.2 MP)" in reason and "limit is 1.0 MP" in reason
 
 
 def test_huge_jpeg_header_is_refused_with_default_limits() -> None:
@@ -574,7 +583,7 @@ def test_pillow_global_limits_are_left_alone() -> None:
 def test_truncated_file_is_refused_as_corrupt(fmt: str) -> None:
     data = encode(photo((800, 600)), fmt)
     reason = rejected(data[: len(data) // 2], "corrupt")
-    assert fmt in reason and "damaged or incomplete" in reason
+    assert {"WEBP": "WebP"}.get(fmt, fmt) in reason and "damaged or incomplete" in reason
 
 
 def test_valid_header_with_garbage_after_it_is_corrupt() -> None:
@@ -605,18 +614,80 @@ def test_empty_file_is_not_an_image() -> None:
 
 
 @pytest.mark.parametrize(
-    ("head", "name"),
+    ("head", "name", "phrase"),
     [
-        (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "HEIC"),
-        (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf", "AVIF"),
-        (b"II*\0\x08\0\0\0", "TIFF"),
+        (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "HEIC", "is a HEIC image"),
+        (b"\0\0\0\x1cftypavif\0\0\0\0avifmif1miaf", "AVIF", "is an AVIF image"),
+        (b"II*\0\x08\0\0\0", "TIFF", "is a TIFF image"),
+        (b"MM\0*\0\0\0\x08", "TIFF", "is a TIFF image"),
+        (b"II+\0\x08\0\0\0\x10\0\0\0\0\0\0\0", "TIFF", "is a TIFF image"),  # BigTIFF
+        (b"MM\0+\0\x08\0\0\0\0\0\0\0\0\0\x10", "TIFF", "is a TIFF image"),  # BigTIFF
     ],
+    ids=["heic", "avif", "tiff-le", "tiff-be", "bigtiff-le", "bigtiff-be"],
 )
-def test_known_but_unsupported_formats_are_named(head: bytes, name: str) -> None:
+def test_known_but_unsupported_formats_are_named_in_plain_english(
+    head: bytes, name: str, phrase: str
+) -> None:
     data = head + b"\0" * 2000
     assert detect_format(data) == name
     reason = rejected(data, "not_image")
-    assert name in reason and "JPEG, PNG, WebP, GIF or BMP" in reason
+    assert phrase in reason and "JPEG, PNG, WebP, GIF or BMP" in reason
+
+
+@pytest.mark.parametrize(
+    ("size", "shown"),
+    [
+        ((7100, 7100), "(50.5 MP)"),
+        ((3_000_000, 2_000_000), "(6,000,000.0 MP)"),
+        ((2**31 - 1, 2**31 - 1), "(4,611,686,014,132.5 MP)"),  # the largest a PNG can claim
+    ],
+)
+def test_megapixels_are_printed_as_readable_numbers(size: tuple[int, int], shown: str) -> None:
+    bomb = patch_png_size(encode(solid(RED, (300, 300)), "PNG"), *size)
+    reason = rejected(bomb, "too_many_pixels")
+    assert shown in reason and "the limit is 50.0 MP" in reason
+    assert "e+" not in reason
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        (bmp((300, 300), bits=24, compression=4), "(JPEG compression)"),
+        (bmp((300, 300), bits=24, compression=5), "(PNG compression)"),
+        (bmp((300, 300), bits=2), "(2 bits per pixel)"),  # Windows CE
+        (bmp((300, 300), bits=64), "(64 bits per pixel)"),
+        (bmp((300, 300), bits=32, compression=6, masks=(0xFF0000, 0xFF00, 0xFF, 0xFF << 24)), ""),
+        # X4R4G4B4 bit fields: valid, but a layout Pillow has no unpacker for (it says so).
+        (bmp((300, 300), bits=16, compression=3, masks=(0xF00, 0xF0, 0xF)), ""),
+    ],
+    ids=["jpeg-inside", "png-inside", "2-bit", "64-bit", "alpha-bitfields", "rgb444-bitfields"],
+)
+def test_valid_but_unusual_bmp_is_named_as_such_not_damaged(data: bytes, detail: str) -> None:
+    assert detect_format(data) == "BMP"
+    reason = rejected(data, "unsupported_variant")
+    assert "a kind of BMP the bot can't read" in reason and detail in reason
+    assert "damaged" not in reason
+    assert reason.endswith(".") and len(reason) < 200
+
+
+def test_the_bmp_builder_makes_readable_bmps() -> None:
+    # The control for the test above: the same builder with ordinary settings is accepted.
+    for params in (
+        {"bits": 24},
+        {"bits": 8},
+        {"bits": 16, "compression": 3, "masks": (0xF800, 0x7E0, 0x1F)},
+    ):
+        _, frame = prepared(bmp((300, 300), **params))
+        assert close_to(centre(frame), (0, 0, 0), 2)
+
+
+def test_twelve_bit_jpeg_is_named_as_a_kind_the_bot_cannot_read() -> None:
+    data = bytearray(encode(photo((800, 600)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 1] = 0xC1  # extended sequential ...
+    data[sof + 4] = 12  # ... with 12-bit samples (medical and scientific cameras)
+    reason = rejected(bytes(data), "unsupported_variant")
+    assert "a kind of JPEG the bot can't read (12-bit samples)" in reason
 
 
 def _bad_inputs() -> list[tuple[str, bytes, dict[str, Any]]]:
@@ -669,7 +740,15 @@ def test_damaged_files_never_raise_anything_but_image_rejected(fmt: str) -> None
         try:
             result = prepare_image(sample, preset=SEEDANCE_480)
         except ImageRejected as exc:
-            assert exc.code in {"not_image", "corrupt", "too_many_pixels", "too_small"}
+            # A mutated header may also describe a real variant Pillow has no decoder for.
+            allowed = {
+                "not_image",
+                "corrupt",
+                "too_many_pixels",
+                "too_small",
+                "unsupported_variant",
+            }
+            assert exc.code in allowed
             assert exc.reason
         else:
             assert decode(result.jpeg).size == SEEDANCE_480.size(result.orientation)
@@ -688,3 +767,220 @@ def test_concurrent_calls_give_the_same_frames_as_serial_ones() -> None:
     with ThreadPoolExecutor(max_workers=6) as pool:
         parallel = list(pool.map(run, jobs * 3))
     assert parallel == serial * 3
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+MB = 1000 * 1000
+
+
+def _webp_claiming(size: tuple[int, int]) -> bytes:
+    """A WebP whose extended header (VP8X) claims a canvas of `size`."""
+    data = bytearray(encode(solid((255, 0, 0, 128), (300, 300), "RGBA"), "WEBP"))
+    assert data[12:16] == b"VP8X"  # alpha needs the extended header
+    data[24:27] = (size[0] - 1).to_bytes(3, "little")
+    data[27:30] = (size[1] - 1).to_bytes(3, "little")
+    return bytes(data)
+
+
+def test_decode_memory_is_estimated_from_the_header_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = big_png(7000, 7000)  # 16-bit grey: under 1 MB on disk, 98 MB as decoded pixels
+    assert len(data) < 1_000_000
+    monkeypatch.setattr(Image, "open", _refuse_open)
+    need = estimate_decode_bytes(data, preset=P720)
+    assert need is not None and 98 * MB <= need <= 140 * MB
+    # The same picture kept 8-bit needs half the pixel memory: the estimate knows the mode.
+    eight = estimate_decode_bytes(big_png(7000, 7000, depth=8), preset=P720)
+    assert eight is not None and need - eight >= 45 * MB
+
+
+def test_image_needing_more_memory_than_one_fit_may_use_is_refused_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A WebP decodes through several full-size canvases: 49 MP would need ~800 MB.
+    data = _webp_claiming((7000, 7000))
+    monkeypatch.setattr(Image, "open", _refuse_open)
+    reason = rejected(data, "too_many_pixels")
+    assert "7000×7000 pixels (49.0 MP)" in reason and "a WebP that large" in reason
+    found = re.search(r"up to about ([\d.]+) MP", reason)
+    assert found, reason
+    # The size the member is told would work really does.
+    side = int((float(found.group(1)) * 1_000_000) ** 0.5)
+    need = estimate_decode_bytes(_webp_claiming((side, side)), preset=P720)
+    assert need is not None and need <= ImageLimits().max_decode_bytes
+    assert not re.search(r"Error|bytes|MiB|decoder", reason)
+
+
+def test_progressive_jpeg_is_costed_with_its_full_size_coefficient_buffers() -> None:
+    # libjpeg keeps every DCT coefficient of a progressive JPEG at full size, whatever the
+    # reduced scale it decodes to; a baseline JPEG of the same picture decodes in a stream.
+    im = photo((3000, 2000), seed=4)
+    baseline = encode(im, "JPEG", quality=90)
+    progressive = encode(im, "JPEG", quality=90, progressive=True)
+    limits = ImageLimits(max_decode_bytes=36 * 1024 * 1024)  # baseline ~29 MiB, progressive ~46
+    result, _ = prepared(baseline, limits=limits)
+    assert result.source_size == (3000, 2000)
+    reason = rejected(progressive, "too_many_pixels", limits=limits)
+    assert "a progressive JPEG that large" in reason
+
+
+def test_gif_frame_larger_than_its_screen_is_counted_before_decoding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Pillow grows the canvas to hold a first frame that overflows the logical screen.
+    data = bytearray(encode(solid(GREEN, (1200, 1000)).convert("P"), "GIF"))
+    data[6:10] = (300).to_bytes(2, "little") + (300).to_bytes(2, "little")
+    monkeypatch.setattr(Image, "open", _refuse_open)
+    reason = rejected(bytes(data), "too_many_pixels", limits=ImageLimits(max_pixels=1_000_000))
+    assert "1200×1000" in reason
+
+
+# Strips of ~40 rows instead of ~8 MB, so that small test images cross many strip boundaries.
+SMALL_STRIPS = 256 * 1024
+
+
+def test_16_bit_png_converted_strip_by_strip_has_no_seams(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A vertical ramp shows any row that is lost, doubled or mis-scaled at a strip boundary.
+    monkeypatch.setattr(imaging, "_STRIP_BYTES", SMALL_STRIPS)
+    _, frame = prepared(big_png(1600, 1200), P720)
+    grey = frame.convert("L")
+    # The crop keeps the middle 900 of the 1200 rows (16:9 of 1600 wide), rows 150..1049.
+    for y in range(720):
+        source_row = 150 + (y + 0.5) * 900 / 720 - 0.5
+        expected = source_row / 1199 * 255
+        assert abs(grey.getpixel((640, y)) - expected) <= 1.5, y  # type: ignore[operator]
+
+
+@pytest.mark.parametrize(("fit", "size"), [("crop", (3000, 2000)), ("pad", (2400, 1600))])
+def test_transparent_photo_fitted_in_strips_matches_a_whole_image_resize(
+    fit: FitMode, size: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 3000 wide is reduced by 2 before the resize, 2400 is not: both paths, many strips each.
+    monkeypatch.setattr(imaging, "_STRIP_BYTES", SMALL_STRIPS)
+    im = photo((size[0] // 2, size[1] // 2), seed=9).resize(size).convert("RGBA")
+    im.putalpha(Image.linear_gradient("L").resize(size).point(lambda v: 60 + v * 3 // 4))
+    _, frame = prepared(encode(im, "PNG", compress_level=1), P720, fit=fit)
+    if fit == "crop":
+        whole = ImageOps.fit(im, (1280, 720), Image.Resampling.LANCZOS)
+        box = (0, 0, 1280, 720)
+    else:  # 3:2 in 16:9: the whole picture, 1080x720, centred between bars
+        whole = im.resize((1080, 720), Image.Resampling.LANCZOS)
+        box = (100, 0, 1180, 720)
+    reference = Image.new("RGB", whole.size, WHITE)
+    reference.paste(whole, mask=whole.getchannel("A"))
+    assert psnr(frame.crop(box), reference) >= 35
+
+
+_PEAK_CHILD = r"""
+import ctypes, json, sys
+from bot.catalog import CATALOG
+from bot.imaging import estimate_decode_bytes, prepare_image
+
+def status_kib(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+preset = CATALOG["openai/sora-2-pro-i2v"].preset("720p")
+trim = ctypes.CDLL("libc.so.6").malloc_trim
+report = {}
+for path in sys.argv[1:]:
+    data = open(path, "rb").read()
+    trim(0)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the peak (VmHWM) to what is resident now
+    before = status_kib("VmRSS")
+    prepare_image(data, preset=preset)
+    report[path] = [status_kib("VmHWM") - before, estimate_decode_bytes(data, preset=preset)]
+print(json.dumps(report))
+"""
+
+
+def test_every_decode_path_stays_within_its_memory_estimate(tmp_path: Path) -> None:
+    # 3000x3000 of each pixel layout the formats can carry, fitted in a fresh process whose
+    # peak RSS is measured around each fit. A full-size converted copy (what the old pipeline
+    # made of 16-bit, palette, alpha and 1-bit images) would break the estimate.
+    side = (3000, 3000)
+    palette = Image.linear_gradient("L").resize(side).convert("P")
+    cases = {
+        "grey1.png": big_png(*side, depth=1),
+        "grey8.png": big_png(*side, depth=8),
+        "grey16.png": big_png(*side, depth=16),
+        "rgb16.png": big_png(*side, depth=16, colour_type=2),
+        "palette-trns.png": big_png(*side, depth=8, colour_type=3),
+        "la8.png": big_png(*side, depth=8, colour_type=4),
+        "la16.png": big_png(*side, depth=16, colour_type=4),
+        "rgba16.png": big_png(*side, depth=16, colour_type=6),
+        "palette.gif": encode(palette, "GIF", transparency=0),
+        "cmyk-progressive.jpg": encode(
+            solid((9, 9, 9, 9), (2400, 2400), "CMYK"), "JPEG", progressive=True
+        ),
+        "rgb-444-progressive.jpg": encode(
+            solid(RED, (2400, 2400)), "JPEG", progressive=True, subsampling=0
+        ),
+        "lossless.webp": encode(solid(RED, side), "WEBP", lossless=True),
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    out = subprocess.run(
+        [sys.executable, "-c", _PEAK_CHILD, *cases],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    for name, (peak_kib, estimate) in json.loads(out.stdout).items():
+        assert peak_kib * 1024 <= estimate, (name, peak_kib // 1024, estimate // 1024**2)
+
+
+_TWENTY_CHILD = r"""
+import asyncio, json, sys
+from bot.catalog import CATALOG
+from bot.imaging import ImageFitter
+
+def peak_bytes():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
+
+async def main(data):
+    fitter = ImageFitter()  # the defaults the bot runs with
+    preset = CATALOG["openai/sora-2-pro-i2v"].preset("720p")
+    results = await asyncio.gather(
+        *(fitter.fit(data, preset=preset, fit="pad" if i % 2 else "crop") for i in range(20)),
+        return_exceptions=True,
+    )
+    fitter.close()
+    return {
+        "frames": [[r.width, r.height] for r in results if not isinstance(r, BaseException)],
+        "failed": [type(r).__name__ for r in results if isinstance(r, BaseException)],
+    }
+
+report = asyncio.run(main(open(sys.argv[1], "rb").read()))
+report["peak_bytes"] = peak_bytes()
+print(json.dumps(report))
+"""
+
+
+def test_twenty_16_bit_7000px_pngs_at_once_all_fit_in_under_400_mb(tmp_path: Path) -> None:
+    # Issue 7 item 8: a 109 KiB 16-bit greyscale PNG of 7000x7000 took 486 MiB to fit, six at
+    # once 2.5 GiB. Twenty members sending one at the same moment now all get their frame,
+    # and the whole process stays under 400 MB.
+    path = tmp_path / "bomb.png"
+    path.write_bytes(big_png(7000, 7000))
+    out = subprocess.run(
+        [sys.executable, "-c", _TWENTY_CHILD, str(path)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report["failed"] == []
+    assert report["frames"] == [[1280, 720]] * 20
+    assert report["peak_bytes"] < 400 * MB, report["peak_bytes"] / MB
