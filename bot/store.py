@@ -580,6 +580,21 @@ class JobStore:
         async with self._read() as session:
             return int((await session.execute(query)).scalar_one())
 
+    async def recent_for(self, requester_id: int, limit: int = 10) -> list[Job]:
+        """A member's latest jobs, newest first (for /jobs). `image_data` reads as None: the
+        fitted picture of an unsubmitted job can be megabytes, and a listing never needs it."""
+        columns = [
+            sa.null().label("image_data") if column.name == "image_data" else column
+            for column in _JOB_COLUMNS
+        ]
+        query = (
+            sa.select(*columns)
+            .where(jobs.c.requester_id == requester_id)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+            .limit(limit)
+        )
+        return await self._select_many(query)
+
     async def next_wakeup(self) -> datetime | None:
         """The earliest scheduled poll, so a loop can sleep until then."""
         query = sa.select(sa.func.min(jobs.c.next_poll_at)).where(jobs.c.state == JobState.POLLING)

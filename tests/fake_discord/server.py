@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import inspect
+import math
 import re
 import secrets
 import time
@@ -805,6 +806,9 @@ class FakeDiscord:
             not isinstance(value, expected) or (kind in (4, 10) and isinstance(value, bool))
         ):
             raise TypeError(f"option {name!r} (type {kind}) got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            # JSON has no NaN or infinity, so Discord can never send one.
+            raise ValueError(f"option {name!r}: Discord cannot send {value!r}")
         return value
 
     def _role_payload_of(self, value: object, guild_id: int | None) -> dict[str, Any] | None:

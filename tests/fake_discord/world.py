@@ -82,7 +82,10 @@ class CommandRegistry:
             "name": body.get("name"),
             "description": body.get("description") or "",
             "options": body.get("options") or [],
-            "default_member_permissions": body.get("default_member_permissions"),
+            # Sent as an integer, answered as a string (as Discord does).
+            "default_member_permissions": _permission_string(
+                body.get("default_member_permissions")
+            ),
             "nsfw": bool(body.get("nsfw", False)),
             "name_localizations": body.get("name_localizations"),
             "description_localizations": body.get("description_localizations"),
@@ -722,3 +725,7 @@ def _role_payload(
         "unicode_emoji": None,
         "flags": 0,
     }
+
+
+def _permission_string(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,618 @@
+"""`/animate-admin`: a server's admins set limits, access, defaults, pause and the log channel.
+
+Thin: `bot.guild_settings` validates and stores every change (a bad value raises
+SettingRejected and changes nothing) and `bot.spending` sums the money. This module checks who
+may act, that roles and channels belong to this server, renders short private replies and
+posts an audit line for every change (cogs/audit.py).
+
+Discord hides the group from members without Manage Server (`default_permissions`), but a
+server can override that in its integration settings, so the bot checks the invoking member's
+permissions again on every use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.catalog import CATALOG
+from bot.errors import BotError, InputRejected, user_message
+from bot.guild_settings import AccessKind, AccessLists, GuildConfig, SettingChange
+from bot.spending import discord_time, format_usd, next_month
+from cogs.audit import post_audit, post_to_channel
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from bot.discord_bot import AnimateBot
+
+log = logging.getLogger(__name__)
+
+MESSAGE_LIMIT = 2000
+TOP_SPENDERS = 10
+_UTC_NOTE = "Days and months run on UTC."
+
+_RESOLUTIONS = sorted(
+    {r for spec in CATALOG.values() for r in spec.resolutions}, key=lambda r: int(r.rstrip("pPk"))
+)
+_BOT_DEFAULT = "default"
+
+# Where /animate can be used (threads count through their parent) and where a log can go.
+# Only types Discord's API description lists, so the command definitions validate.
+_PLACE_TYPES = (
+    discord.ChannelType.text,
+    discord.ChannelType.news,
+    discord.ChannelType.voice,
+    discord.ChannelType.stage_voice,
+    discord.ChannelType.forum,
+)
+_LOG_TYPES = (discord.ChannelType.text, discord.ChannelType.news)
+
+
+class NotServerAdmin(app_commands.CheckFailure):
+    """The invoking member lacks Manage Server (Discord's own gate can be overridden)."""
+
+
+class _ChannelOption(app_commands.Transformer):
+    """A channel option passed through as Discord resolved it (no cache lookup, so a channel
+    the cache has not heard of yet is not an error); the command checks it is this server's."""
+
+    def __init__(self, *types: discord.ChannelType) -> None:
+        self._types = list(types)
+
+    @property
+    def type(self) -> discord.AppCommandOptionType:
+        return discord.AppCommandOptionType.channel
+
+    @property
+    def channel_types(self) -> list[discord.ChannelType]:
+        return self._types
+
+    async def transform(self, interaction: discord.Interaction[Any], value: Any, /) -> Any:
+        return value
+
+
+PlaceOption = app_commands.Transform[app_commands.AppCommandChannel, _ChannelOption(*_PLACE_TYPES)]
+LogChannelOption = app_commands.Transform[
+    app_commands.AppCommandChannel, _ChannelOption(*_LOG_TYPES)
+]
+
+
+def _clip(lines: Iterable[str], limit: int = MESSAGE_LIMIT) -> str:
+    """Join lines, dropping whole lines from the end (with a note) to fit one message."""
+    out: list[str] = []
+    total = 0
+    collected = list(lines)
+    for index, line in enumerate(collected):
+        if total + len(line) + 1 > limit - 40:
+            out.append(f"… and {len(collected) - index} more line(s).")
+            break
+        out.append(line)
+        total += len(line) + 1
+    return "\n".join(out)
+
+
+def _change_lines(changes: Iterable[SettingChange]) -> list[str]:
+    lines = []
+    for change in changes:
+        if change.changed:
+            lines.append(f"• {change.setting}: {change.before} → {change.after}")
+        else:
+            lines.append(f"• {change.setting}: already {change.after}")
+    return lines
+
+
+def _live_config(config: GuildConfig, guild: discord.Guild | None) -> GuildConfig:
+    """The settings with deleted channels and roles dropped out, as they apply."""
+    if guild is None:
+        return config
+    channels = {c.id for c in guild.channels}
+    roles = {r.id for r in guild.roles}
+    return dataclasses.replace(
+        config,
+        access=AccessLists(
+            channel_ids=frozenset(c for c in config.access.channel_ids if c in channels),
+            role_ids=frozenset(r for r in config.access.role_ids if r in roles),
+        ),
+        role_limits=tuple(r for r in config.role_limits if r.role_id in roles),
+        log_channel_id=config.log_channel_id if config.log_channel_id in channels else None,
+    )
+
+
+def _access_lines(config: GuildConfig) -> list[str]:
+    channels = ", ".join(f"<#{c}>" for c in sorted(config.access.channel_ids))
+    roles = ", ".join(f"<@&{r}>" for r in sorted(config.access.role_ids))
+    return [
+        f"/animate works in: {channels or 'every channel'}",
+        f"/animate is for: {roles or 'everyone'}",
+    ]
+
+
+class Admin(commands.Cog):
+    admin = app_commands.Group(
+        name="animate-admin",
+        description="Server settings for /animate: limits, access, defaults, pause, log",
+        guild_only=True,
+        default_permissions=discord.Permissions(manage_guild=True),
+    )
+
+    def __init__(self, bot: AnimateBot) -> None:
+        self.bot = bot
+
+    def _now(self) -> datetime:
+        return self.bot.service.clock.now()
+
+    async def interaction_check(  # type: ignore[override]
+        self, interaction: discord.Interaction[AnimateBot]
+    ) -> bool:
+        """Every subcommand: the member must have Manage Server here (or Administrator)."""
+        permissions = interaction.permissions
+        if interaction.guild_id is None or not (
+            permissions.manage_guild or permissions.administrator
+        ):
+            raise NotServerAdmin(
+                "Only members with the **Manage Server** permission can change /animate's "
+                "settings here."
+            )
+        return True
+
+    # --- show ------------------------------------------------------------------------------
+
+    @admin.command(name="show", description="Every /animate setting in force in this server")
+    async def show(self, interaction: discord.Interaction[AnimateBot]) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id = _guild_id(interaction)
+        config = _live_config(await self.bot.guild_settings.get(guild_id), interaction.guild)
+        usage = await self.bot.spending.usage(
+            requester_id=interaction.user.id, guild_id=guild_id, now=self._now()
+        )
+        spent = format_usd(usage.guild_month_usd or 0.0)
+        lines = ["**/animate in this server**"]
+        lines += [f"• {line}" for line in config.lines()]
+        lines.append(f"This server has spent {spent} this month. 0 means no limit. {_UTC_NOTE}")
+        await _reply(interaction, _clip(lines))
+
+    # --- limits ----------------------------------------------------------------------------
+
+    @admin.command(name="limits", description="Money and usage limits (0: none; negative: default)")
+    @app_commands.describe(
+        member_daily_usd="Each member's spend per UTC day, in US dollars",
+        member_monthly_usd="Each member's spend per UTC month, in US dollars",
+        server_monthly_usd="This server's total spend per UTC month, in US dollars",
+        confirm_above_usd="Ask the member to confirm videos estimated at or above this",
+        max_active="Unfinished videos per member at a time",
+        cooldown_seconds="Seconds a member waits between requests",
+    )
+    async def limits(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        member_daily_usd: float | None = None,
+        member_monthly_usd: float | None = None,
+        server_monthly_usd: float | None = None,
+        confirm_above_usd: float | None = None,
+        max_active: int | None = None,
+        cooldown_seconds: int | None = None,
+    ) -> None:
+        given: dict[str, object] = {
+            "member_daily_usd": member_daily_usd,
+            "member_monthly_usd": member_monthly_usd,
+            "guild_monthly_usd": server_monthly_usd,
+            "confirm_above_usd": confirm_above_usd,
+            "max_active": max_active,
+            "cooldown_seconds": cooldown_seconds,
+        }
+        changes = {name: value for name, value in given.items() if value is not None}
+        if not changes:
+            await _reply(
+                interaction,
+                "Give at least one limit to change (0: no limit; a negative number: back to "
+                "the bot's default). `/animate-admin show` lists them all.",
+            )
+            return
+        await self._update(interaction, changes)
+
+    # --- role allowances -------------------------------------------------------------------
+
+    @admin.command(name="role-limit", description="A role's own allowance (members get the best)")
+    @app_commands.describe(
+        role="The role",
+        member_daily_usd="Daily allowance for members with this role (negative: the server's)",
+        member_monthly_usd="Monthly allowance for members with this role (negative: the server's)",
+        remove="Remove this role's allowance",
+    )
+    async def role_limit(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        role: discord.Role,
+        member_daily_usd: float | None = None,
+        member_monthly_usd: float | None = None,
+        remove: bool = False,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id = _guild_id(interaction)
+        _check_role(interaction, role)
+        settings = self.bot.guild_settings
+        if remove:
+            change = await settings.remove_role_limit(
+                guild_id, role.id, actor_id=interaction.user.id
+            )
+        else:
+            if member_daily_usd is None and member_monthly_usd is None:
+                raise InputRejected(
+                    "Give member_daily_usd and/or member_monthly_usd, or remove:True."
+                )
+            current = next(
+                (r for r in (await settings.get(guild_id)).role_limits if r.role_id == role.id),
+                None,
+            )
+            # An option left out keeps the role's current value for that period.
+            daily = member_daily_usd
+            if daily is None and current is not None:
+                daily = current.member_daily_usd
+            monthly = member_monthly_usd
+            if monthly is None and current is not None:
+                monthly = current.member_monthly_usd
+            change = await settings.set_role_limit(
+                guild_id,
+                role.id,
+                member_daily_usd=daily,
+                member_monthly_usd=monthly,
+                actor_id=interaction.user.id,
+                now=self._now(),
+            )
+        await self._done(interaction, guild_id, [change])
+
+    # --- access ----------------------------------------------------------------------------
+
+    @admin.command(name="access", description="Limit /animate to some channels or roles")
+    @app_commands.describe(
+        action="What to do (show: the current lists)",
+        channel="A channel to add or remove (threads follow their channel)",
+        role="A role to add or remove",
+    )
+    @app_commands.choices(
+        action=[
+            app_commands.Choice(name="show", value="show"),
+            app_commands.Choice(name="add", value="add"),
+            app_commands.Choice(name="remove", value="remove"),
+            app_commands.Choice(name="clear channels (every channel)", value="clear-channels"),
+            app_commands.Choice(name="clear roles (everyone)", value="clear-roles"),
+        ]
+    )
+    async def access(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        action: str = "show",
+        channel: PlaceOption | None = None,
+        role: discord.Role | None = None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id = _guild_id(interaction)
+        settings = self.bot.guild_settings
+        actor = interaction.user.id
+        changes: list[SettingChange] = []
+        if action in ("add", "remove"):
+            if channel is None and role is None:
+                raise InputRejected(f"Give a channel and/or a role to {action}.")
+            targets: list[tuple[AccessKind, int]] = []
+            if channel is not None:
+                targets.append(("channel", _check_channel(interaction, channel).id))
+            if role is not None:
+                if role.is_default():
+                    raise InputRejected(
+                        "@everyone is everyone already; use `clear roles` to let everyone in."
+                    )
+                targets.append(("role", _check_role(interaction, role).id))
+            for kind, target in targets:
+                changes.append(
+                    await settings.set_access(
+                        guild_id, kind, target, allowed=action == "add", actor_id=actor
+                    )
+                )
+        elif action in ("clear-channels", "clear-roles"):
+            cleared: AccessKind = "channel" if action == "clear-channels" else "role"
+            changes.append(await settings.clear_access(guild_id, cleared, actor_id=actor))
+        config = _live_config(await settings.get(guild_id), interaction.guild)
+        lines = _change_lines(changes) + _access_lines(config)
+        await _reply(interaction, _clip(lines))
+        await self._audit(guild_id, changes)
+
+    # --- defaults --------------------------------------------------------------------------
+
+    @admin.command(name="defaults", description="This server's default model, resolution, length")
+    @app_commands.describe(
+        model="Model used when a member picks none",
+        resolution="Resolution used when a member picks none",
+        duration="Seconds, when a member picks none (0: the bot's default)",
+    )
+    @app_commands.choices(
+        model=[app_commands.Choice(name="bot default", value=_BOT_DEFAULT)]
+        + [app_commands.Choice(name=spec.label, value=spec.id) for spec in CATALOG.values()],
+        resolution=[app_commands.Choice(name="bot default", value=_BOT_DEFAULT)]
+        + [app_commands.Choice(name=r, value=r) for r in _RESOLUTIONS],
+    )
+    async def defaults(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        model: str | None = None,
+        resolution: str | None = None,
+        duration: int | None = None,
+    ) -> None:
+        changes: dict[str, object] = {}
+        if model is not None:
+            changes["default_model"] = None if model == _BOT_DEFAULT else model
+        if resolution is not None:
+            changes["default_resolution"] = None if resolution == _BOT_DEFAULT else resolution
+        if duration is not None:
+            # 0 and negatives: back to the default (no model makes 0-second videos).
+            changes["default_duration"] = None if duration <= 0 else duration
+        if not changes:
+            await _reply(interaction, "Give a model, a resolution and/or a duration.")
+            return
+        await self._update(interaction, changes)
+
+    # --- pause -----------------------------------------------------------------------------
+
+    @admin.command(name="pause", description="Stop new /animate requests in this server")
+    async def pause(self, interaction: discord.Interaction[AnimateBot]) -> None:
+        await self._update(
+            interaction,
+            {"paused": True},
+            note="New /animate requests are paused here; videos already being made will "
+            "still arrive. `/animate-admin resume` undoes it.",
+        )
+
+    @admin.command(name="resume", description="Accept /animate requests again")
+    async def resume(self, interaction: discord.Interaction[AnimateBot]) -> None:
+        await self._update(
+            interaction, {"paused": False}, note="/animate accepts requests here again."
+        )
+
+    # --- usage -----------------------------------------------------------------------------
+
+    @admin.command(name="usage", description="Spend of one member, or the top spenders")
+    @app_commands.describe(member="Whose spend to show (leave out: the top spenders)")
+    async def usage(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        member: discord.Member | None = None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id = _guild_id(interaction)
+        now = self._now()
+        spending = self.bot.spending
+        if member is not None:
+            usage = await spending.usage(requester_id=member.id, guild_id=guild_id, now=now)
+            statuses = await spending.limits(
+                requester_id=member.id,
+                guild_id=guild_id,
+                now=now,
+                role_ids=[r.id for r in member.roles],
+            )
+            allowance = {s.key: s for s in statuses}
+            lines = [
+                f"{member.mention} has used {format_usd(usage.member_today_usd)} today and "
+                f"{format_usd(usage.member_month_usd)} this month (videos in progress included)."
+            ]
+            for key, period in (("member_daily", "daily"), ("member_monthly", "monthly")):
+                status = allowance.get(key)
+                if status is None or status.left_usd is None:
+                    lines.append(f"Their {period} allowance: no limit.")
+                else:
+                    lines.append(
+                        f"Their {period} allowance: {format_usd(status.left_usd)} left of "
+                        f"{format_usd(status.limit_usd)}, resets {discord_time(status.resets_at)}."
+                    )
+        else:
+            top = await spending.top_spenders(guild_id=guild_id, now=now, limit=TOP_SPENDERS)
+            usage = await spending.usage(
+                requester_id=interaction.user.id, guild_id=guild_id, now=now
+            )
+            lines = [
+                f"This server has spent {format_usd(usage.guild_month_usd or 0.0)} this month "
+                f"(resets {discord_time(next_month(now))})."
+            ]
+            if top:
+                lines.append("Top spenders this month:")
+                lines += [
+                    f"{rank}. <@{member_id}> {format_usd(usd)}"
+                    for rank, (member_id, usd) in enumerate(top, start=1)
+                ]
+            else:
+                lines.append("Nobody has spent anything this month.")
+        lines.append(_UTC_NOTE)
+        await _reply(interaction, _clip(lines))
+
+    # --- log channel -----------------------------------------------------------------------
+
+    @admin.command(name="log-channel", description="Where audit lines go (leave out: turn off)")
+    @app_commands.describe(channel="A text channel for audit lines; leave out to turn them off")
+    async def log_channel(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        channel: LogChannelOption | None = None,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id = _guild_id(interaction)
+        new_id: int | None = None
+        if channel is not None:
+            target = _check_channel(interaction, channel)
+            if not isinstance(target, discord.TextChannel):
+                raise InputRejected("The log channel must be a text channel.")
+            missing = _missing_to_post(target)
+            if missing:
+                raise InputRejected(
+                    f"I can't post in {target.mention}: I'm missing the "
+                    + ", ".join(f"**{m}**" for m in missing)
+                    + " permission there. Grant it, or choose another channel."
+                )
+            new_id = target.id
+        before = await self.bot.guild_settings.get(guild_id)
+        changes = await self.bot.guild_settings.update(
+            guild_id, {"log_channel_id": new_id}, actor_id=interaction.user.id, now=self._now()
+        )
+        note = (
+            f"Audit lines now go to <#{new_id}>; they never ping anyone."
+            if new_id is not None
+            else "Audit lines are off."
+        )
+        await _reply(interaction, "\n".join([note, *_change_lines(changes)]))
+        old_id = before.log_channel_id
+        if old_id is not None and old_id != new_id:
+            # The channel that stops receiving lines records where they went.
+            await post_to_channel(
+                self.bot, guild_id, old_id, "\n".join(c.describe() for c in changes if c.changed)
+            )
+        await self._audit(guild_id, changes)
+
+    # --- shared ----------------------------------------------------------------------------
+
+    async def _update(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        changes: Mapping[str, object],
+        *,
+        note: str | None = None,
+    ) -> None:
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        guild_id = _guild_id(interaction)
+        applied = await self.bot.guild_settings.update(
+            guild_id, changes, actor_id=interaction.user.id, now=self._now()
+        )
+        await self._done(interaction, guild_id, applied, note=note)
+
+    async def _done(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        guild_id: int,
+        changes: list[SettingChange],
+        *,
+        note: str | None = None,
+    ) -> None:
+        lines = _change_lines(changes)
+        if note is not None:
+            lines.append(note)
+        await _reply(interaction, _clip(lines or ["Nothing changed."]))
+        await self._audit(guild_id, changes)
+
+    async def _audit(self, guild_id: int, changes: Iterable[SettingChange]) -> None:
+        text = "\n".join(change.describe() for change in changes if change.changed)
+        if text:
+            await post_audit(self.bot, guild_id, text)
+
+    # --- deleted channels and roles drop out -----------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        await self._forget(channel.guild.id, channel_id=channel.id)
+
+    @commands.Cog.listener()
+    async def on_guild_role_delete(self, role: discord.Role) -> None:
+        await self._forget(role.guild.id, role_id=role.id)
+
+    async def _forget(
+        self, guild_id: int, *, channel_id: int | None = None, role_id: int | None = None
+    ) -> None:
+        try:
+            await self.bot.guild_settings.forget(guild_id, channel_id=channel_id, role_id=role_id)
+        except Exception as exc:
+            # Harmless: settings are read against the live channels and roles anyway.
+            log.warning("could not forget a deleted channel/role: %s", type(exc).__name__)
+
+    # --- errors ----------------------------------------------------------------------------
+
+    async def cog_app_command_error(
+        self,
+        interaction: discord.Interaction[AnimateBot],  # type: ignore[override]
+        error: app_commands.AppCommandError,
+    ) -> None:
+        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        if isinstance(cause, NotServerAdmin):
+            log.info(
+                "user %s without Manage Server tried /animate-admin in guild %s",
+                interaction.user.id,
+                interaction.guild_id,
+            )
+            text = str(cause)
+        elif isinstance(cause, InputRejected):
+            text = user_message(cause)
+        elif isinstance(cause, BotError):
+            text = user_message(cause)
+            log.warning("/animate-admin failed: %s", type(cause).__name__)
+        else:
+            text = user_message(cause)
+            log.error(
+                "/animate-admin crashed (interaction %s, guild %s)",
+                interaction.id,
+                interaction.guild_id,
+                exc_info=cause,
+            )
+        try:
+            await _reply(interaction, text)
+        except discord.HTTPException:
+            log.warning("could not answer interaction %s", interaction.id)
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _guild_id(interaction: discord.Interaction[AnimateBot]) -> int:
+    if interaction.guild_id is None:  # guild_only; Discord never sends it elsewhere
+        raise InputRejected("This command works only in a server.")
+    return interaction.guild_id
+
+
+def _check_role(interaction: discord.Interaction[AnimateBot], role: discord.Role) -> discord.Role:
+    """The role, if it is one of this server's live roles."""
+    guild = interaction.guild
+    live = guild.get_role(role.id) if guild is not None else None
+    if live is None:
+        raise InputRejected("That role is not one of this server's roles. Nothing was changed.")
+    return live
+
+
+def _check_channel(
+    interaction: discord.Interaction[AnimateBot], channel: app_commands.AppCommandChannel
+) -> discord.abc.GuildChannel:
+    """The channel, if it is one of this server's live channels."""
+    guild = interaction.guild
+    live = guild.get_channel(channel.id) if guild is not None else None
+    if live is None:
+        raise InputRejected(
+            "That channel is not one of this server's channels. Nothing was changed."
+        )
+    return live
+
+
+_POST_NEEDS = {
+    "view_channel": "View Channel",
+    "send_messages": "Send Messages",
+}
+
+
+def _missing_to_post(channel: discord.TextChannel) -> list[str]:
+    permissions = channel.permissions_for(channel.guild.me)
+    return [label for attr, label in _POST_NEEDS.items() if not getattr(permissions, attr)]
+
+
+async def _reply(interaction: discord.Interaction[AnimateBot], text: str) -> None:
+    """A private reply that pings nobody (after a defer: fills the 'thinking' message)."""
+    if interaction.response.is_done():
+        await interaction.followup.send(
+            text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+    else:
+        await interaction.response.send_message(
+            text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+
+
+async def setup(bot: AnimateBot) -> None:
+    await bot.add_cog(Admin(bot))
