@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -10,6 +12,8 @@ import random
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,7 @@ from bot.errors import ImageRejected, user_message
 from bot.imaging import (
     SUPPORTED_FORMATS,
     FitMode,
+    ImageFitter,
     ImageLimits,
     PreparedImage,
     detect_format,
@@ -984,3 +989,187 @@ def test_twenty_16_bit_7000px_pngs_at_once_all_fit_in_under_400_mb(tmp_path: Pat
     assert report["failed"] == []
     assert report["frames"] == [[1280, 720]] * 20
     assert report["peak_bytes"] < 400 * MB, report["peak_bytes"] / MB
+
+
+# --- ImageFitter: one memory budget for the whole process ---------------------------------------
+
+
+class Gate:
+    """Wraps the fitting step (run in the fitter's threads): records how many run at once and
+    holds each one until the test lets it go."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, hold: bool = True) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.entered: asyncio.Queue[None] = asyncio.Queue()
+        self.open = threading.Event()
+        if not hold:
+            self.open.set()
+        self.lock = threading.Lock()
+        self.active = 0
+        self.peak = 0
+        real = imaging._prepare_checked
+
+        def gated(*args: Any) -> PreparedImage:
+            with self.lock:
+                self.active += 1
+                self.peak = max(self.peak, self.active)
+            try:
+                self.loop.call_soon_threadsafe(self.entered.put_nowait, None)
+                assert self.open.wait(timeout=30), "the test never opened the gate"
+                return real(*args)
+            finally:
+                with self.lock:
+                    self.active -= 1
+
+        monkeypatch.setattr(imaging, "_prepare_checked", gated)
+
+
+class WatchedFitter(ImageFitter):
+    """An ImageFitter that tells the test when a fit has passed its checks and asks for room
+    (it is in the queue, or running, by the time the test hears of it)."""
+
+    def __init__(self, *, budget_bytes: int = 10**12, max_concurrent: int = 2) -> None:
+        super().__init__(budget_bytes=budget_bytes, max_concurrent=max_concurrent)
+        self.arrived: asyncio.Queue[int] = asyncio.Queue()
+
+    async def _admit(self, cost: int) -> None:
+        self.arrived.put_nowait(cost)
+        await super()._admit(cost)
+
+    async def arrivals(self, count: int) -> None:
+        async with asyncio.timeout(10):
+            for _ in range(count):
+                await self.arrived.get()
+
+
+@pytest.fixture
+async def fitter() -> AsyncIterator[WatchedFitter]:
+    f = WatchedFitter()
+    yield f
+    f.close()
+
+
+async def test_fitter_gives_the_same_frame_as_prepare_image(fitter: WatchedFitter) -> None:
+    data = encode(photo((900, 700)), "PNG")
+    result = await fitter.fit(data, preset=P720, fit="pad", orientation="portrait")
+    assert result == prepare_image(data, preset=P720, fit="pad", orientation="portrait")
+
+
+async def test_fitter_never_runs_more_than_max_concurrent_and_answers_everyone(
+    fitter: WatchedFitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    jobs = [
+        asyncio.create_task(fitter.fit(encode(solid(c), "PNG"), preset=P720))
+        for c in (RED, GREEN, BLUE, YELLOW, WHITE)
+    ]
+    await fitter.arrivals(5)
+    await gate.entered.get()
+    await gate.entered.get()
+    assert fitter.waiting == 3  # queued, not refused
+    assert (fitter.running, gate.active) == (2, 2)
+    gate.open.set()
+    results = await asyncio.gather(*jobs)
+    for result, colour in zip(results, (RED, GREEN, BLUE, YELLOW, WHITE), strict=True):
+        assert close_to(centre(decode(result.jpeg)), colour, TOL)
+    assert gate.peak == 2
+    assert (fitter.running, fitter.waiting, fitter.reserved_bytes) == (0, 0, 0)
+
+
+async def test_fits_that_together_exceed_the_memory_budget_take_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = encode(photo((1600, 1200)), "PNG")
+    need = estimate_decode_bytes(data, preset=P720)
+    assert need is not None
+    fitter = WatchedFitter(budget_bytes=need * 2 - 1, max_concurrent=4)  # room for one only
+    gate = Gate(monkeypatch)
+    jobs = [asyncio.create_task(fitter.fit(data, preset=P720)) for _ in range(3)]
+    await fitter.arrivals(3)
+    await gate.entered.get()
+    assert fitter.waiting == 2
+    assert (fitter.running, fitter.reserved_bytes) == (1, need)
+    gate.open.set()
+    results = await asyncio.gather(*jobs)
+    assert len({r.jpeg for r in results}) == 1
+    assert gate.peak == 1
+    fitter.close()
+
+
+async def test_image_estimated_above_the_whole_budget_still_runs_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fitter = ImageFitter(budget_bytes=1, max_concurrent=4)
+    gate = Gate(monkeypatch, hold=False)
+    results = await asyncio.gather(
+        *(fitter.fit(encode(solid(RED), "PNG"), preset=P720) for _ in range(3))
+    )
+    assert [r.width for r in results] == [1280] * 3
+    assert gate.peak == 1
+    fitter.close()
+
+
+async def test_refusals_come_back_at_once_while_the_budget_is_full(
+    fitter: WatchedFitter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = Gate(monkeypatch)
+    busy = [asyncio.create_task(fitter.fit(encode(solid(RED), "PNG"), preset=P720)) for _ in "ab"]
+    await fitter.arrivals(2)
+    await gate.entered.get()
+    await gate.entered.get()
+    with pytest.raises(ImageRejected) as caught:
+        await fitter.fit(b"not an image at all", preset=P720)
+    assert caught.value.code == "not_image"
+    with pytest.raises(ImageRejected) as caught:
+        await fitter.fit(_webp_claiming((7000, 7000)), preset=P720)
+    assert caught.value.code == "too_many_pixels"
+    assert fitter.waiting == 0
+    gate.open.set()
+    await asyncio.gather(*busy)
+
+
+async def test_a_member_who_gives_up_while_waiting_leaves_the_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fitter = WatchedFitter(max_concurrent=1)
+    gate = Gate(monkeypatch)
+    first = asyncio.create_task(fitter.fit(encode(solid(RED), "PNG"), preset=P720))
+    await gate.entered.get()
+    quitter = asyncio.create_task(fitter.fit(encode(solid(GREEN), "PNG"), preset=P720))
+    await fitter.arrivals(2)
+    last = asyncio.create_task(fitter.fit(encode(solid(BLUE), "PNG"), preset=P720))
+    await fitter.arrivals(1)
+    assert fitter.waiting == 2
+    quitter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await quitter
+    assert fitter.waiting == 1
+    gate.open.set()
+    assert close_to(centre(decode((await last).jpeg)), BLUE, TOL)
+    await first
+    assert quitter.cancelled()
+    assert (fitter.running, fitter.waiting, fitter.reserved_bytes) == (0, 0, 0)
+    fitter.close()
+
+
+async def test_a_cancelled_fit_keeps_its_memory_until_its_thread_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A thread cannot be stopped: its image stays in memory until it ends, so the budget must
+    # not hand that memory to the next member when the first one's command is cancelled.
+    fitter = WatchedFitter(max_concurrent=1)
+    gate = Gate(monkeypatch)
+    first = asyncio.create_task(fitter.fit(encode(solid(RED), "PNG"), preset=P720))
+    await gate.entered.get()
+    second = asyncio.create_task(fitter.fit(encode(solid(GREEN), "PNG"), preset=P720))
+    await fitter.arrivals(2)
+    assert fitter.waiting == 1
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert (fitter.running, fitter.waiting, gate.active) == (1, 1, 1)
+    gate.open.set()
+    assert close_to(centre(decode((await second).jpeg)), GREEN, TOL)
+    assert gate.peak == 1
+    assert (fitter.running, fitter.reserved_bytes) == (0, 0)
+    fitter.close()
