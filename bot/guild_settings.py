@@ -463,6 +463,18 @@ def build_config(
     )
 
 
+# Built once: building a statement costs more than running it, and reserving runs these.
+_GUILD_ROW = sa.select(guild_settings).where(guild_settings.c.guild_id == sa.bindparam("guild_id"))
+_ROLE_ROWS = (
+    sa.select(role_limits)
+    .where(role_limits.c.guild_id == sa.bindparam("guild_id"))
+    .order_by(role_limits.c.role_id)
+)
+_SOME_ROLE_ROWS = _ROLE_ROWS.where(
+    role_limits.c.role_id.in_(sa.bindparam("role_ids", expanding=True))
+)
+
+
 async def load_config(
     conn: AsyncConnection,
     guild_id: int | None,
@@ -478,20 +490,17 @@ async def load_config(
     """
     if guild_id is None:
         return build_config(defaults, None, None)
-    row = (
-        (await conn.execute(sa.select(guild_settings).where(guild_settings.c.guild_id == guild_id)))
-        .mappings()
-        .one_or_none()
-    )
+    row = (await conn.execute(_GUILD_ROW, {"guild_id": guild_id})).mappings().one_or_none()
     roles: list[RoleLimit] = []
     if only_roles is None or only_roles:
-        query = sa.select(role_limits).where(role_limits.c.guild_id == guild_id)
-        if only_roles is not None:
-            query = query.where(role_limits.c.role_id.in_(list(only_roles)))
-        role_rows = (await conn.execute(query.order_by(role_limits.c.role_id))).mappings()
+        if only_roles is None:
+            role_rows = await conn.execute(_ROLE_ROWS, {"guild_id": guild_id})
+        else:
+            params = {"guild_id": guild_id, "role_ids": list(only_roles)}
+            role_rows = await conn.execute(_SOME_ROLE_ROWS, params)
         roles = [
             RoleLimit(r["role_id"], r["member_daily_usd"], r["member_monthly_usd"])
-            for r in role_rows
+            for r in role_rows.mappings()
         ]
     access = AccessLists()
     if with_access:

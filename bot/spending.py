@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Collection, Mapping
@@ -345,20 +346,18 @@ class Spending:
             if estimate_usd is None and any(limit > 0 for limit in limits.values()):
                 raise PriceUnknown(model_label, resolution or "this resolution")
             _check_fits(_statuses(figures, limits, now), amount)
-            inserted = (
-                await conn.execute(
-                    ledger.insert().values(
-                        kind=LedgerKind.RESERVE,
-                        job_id=job_id,
-                        requester_id=requester_id,
-                        guild_id=guild_id,
-                        amount_micro_usd=amount,
-                        spent_at=now,
-                        created_at=now,
-                        note=note,
-                    )
-                )
-            ).inserted_primary_key
+            row = {
+                "kind": LedgerKind.RESERVE,
+                "reservation_id": None,
+                "job_id": job_id,
+                "requester_id": requester_id,
+                "guild_id": guild_id,
+                "amount_micro_usd": amount,
+                "spent_at": now,
+                "created_at": now,
+                "note": note,
+            }
+            inserted = (await conn.execute(_INSERT_LEDGER, row)).inserted_primary_key
             if not inserted:
                 raise RuntimeError("the reservation's id could not be read back")
         return Reservation(int(inserted[0]), requester_id, guild_id, to_usd(amount), job_id, now)
@@ -611,6 +610,9 @@ class Spending:
         return True
 
 
+# A statement built once: building one costs more than running it.
+_INSERT_LEDGER = ledger.insert()
+
 # --- queries and checks --------------------------------------------------------------------------
 
 _ALL_SUMS = frozenset({"member_daily", "member_monthly", "guild_monthly", "bot_monthly"})
@@ -656,13 +658,45 @@ async def _figures(
     Only the sums in `sums` are computed (a limit of 0 needs none); the others read 0.
     """
     now = require_aware(now, "now")
-    day, month = day_start(now), month_start(now)
+    query = _figures_query(
+        frozenset(sums), with_guild=guild_id is not None, with_cooldown=accepted_since is not None
+    )
+    params = {
+        "requester_id": requester_id,
+        "guild_id": guild_id,
+        "day": day_start(now),
+        "month": month_start(now),
+        "pending_since": pending_since or now,
+        "accepted_since": accepted_since or now,
+    }
+    row = (await conn.execute(query, params)).one()
+    return _Figures(
+        paused_until=None if row[0] is None else str(row[0]),
+        last_accepted=row[1],
+        active_jobs=int(row[2]),
+        pending=int(row[3]),
+        member_daily=int(row[4]),
+        member_monthly=int(row[5]),
+        guild_monthly=int(row[6]),
+        bot_monthly=int(row[7]),
+    )
+
+
+@functools.cache
+def _figures_query(
+    sums: frozenset[str], *, with_guild: bool, with_cooldown: bool
+) -> sa.Select[Any]:
+    """The figures statement for one shape, built once (building it costs more than running
+    it); values come as bound parameters."""
     amount = ledger.c.amount_micro_usd
-    mine = ledger.c.requester_id == requester_id
+    mine = ledger.c.requester_id == sa.bindparam("requester_id")
+    day = sa.bindparam("day", type_=UTCDateTime())
+    month = sa.bindparam("month", type_=UTCDateTime())
+    zero = sa.literal(0, sa.BigInteger())
 
     def total(wanted: str, *conditions: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:
         if wanted not in sums:
-            return sa.literal(0, sa.BigInteger())
+            return zero
         subquery = sa.select(sa.func.coalesce(sa.func.sum(amount), 0)).where(*conditions)
         return subquery.scalar_subquery()
 
@@ -670,16 +704,20 @@ async def _figures(
     # A reserve row's spent_at is its creation time; bounding by it keeps these lookups to
     # the member's recent rows in the index.
     last_accepted: sa.ColumnElement[Any] = sa.null()
-    if accepted_since is not None:
+    if with_cooldown:
+        since = sa.bindparam("accepted_since", type_=UTCDateTime())
         last_accepted = (
             sa.select(sa.func.max(ledger.c.spent_at))
-            .where(mine, reserve, ledger.c.spent_at > accepted_since, ~_released(ledger.c.id))
+            .where(mine, reserve, ledger.c.spent_at > since, ~_released(ledger.c.id))
             .scalar_subquery()
         )
     active_jobs = (
         sa.select(sa.func.count())
         .select_from(jobs)
-        .where(jobs.c.requester_id == requester_id, jobs.c.state.in_(ACTIVE_STATES))
+        .where(
+            jobs.c.requester_id == sa.bindparam("requester_id"),
+            jobs.c.state.in_(ACTIVE_STATES),
+        )
         .scalar_subquery()
     )
     # Requests reserved but not yet recorded as jobs are unfinished videos too.
@@ -690,33 +728,29 @@ async def _figures(
             mine,
             reserve,
             ledger.c.job_id.is_(None),
-            ledger.c.spent_at > (pending_since or now),
+            ledger.c.spent_at > sa.bindparam("pending_since", type_=UTCDateTime()),
             ~_closed(ledger.c.id),
         )
         .scalar_subquery()
     )
-    query = sa.select(
+    guild_total = (
+        total(
+            "guild_monthly",
+            ledger.c.guild_id == sa.bindparam("guild_id"),
+            ledger.c.spent_at >= month,
+        )
+        if with_guild
+        else zero
+    )
+    return sa.select(
         sa.select(meta.c.value).where(meta.c.key == PAUSE_KEY).scalar_subquery(),
         last_accepted,
         active_jobs,
         pending,
         total("member_daily", mine, ledger.c.spent_at >= day),
         total("member_monthly", mine, ledger.c.spent_at >= month),
-        total("guild_monthly", ledger.c.guild_id == guild_id, ledger.c.spent_at >= month)
-        if guild_id is not None
-        else sa.literal(0, sa.BigInteger()),
+        guild_total,
         total("bot_monthly", ledger.c.spent_at >= month),
-    )
-    row = (await conn.execute(query)).one()
-    return _Figures(
-        paused_until=None if row[0] is None else str(row[0]),
-        last_accepted=row[1],
-        active_jobs=int(row[2]),
-        pending=int(row[3]),
-        member_daily=int(row[4]),
-        member_monthly=int(row[5]),
-        guild_monthly=int(row[6]),
-        bot_monthly=int(row[7]),
     )
 
 
