@@ -126,9 +126,10 @@ class ImageLimits:
     icons and emoji, which the user can easily replace with the original."""
     max_decode_bytes: int = 256 * MIB
     """Memory one image may need while it is fitted, estimated from its header before anything
-    is decoded. Every PNG, GIF, BMP and ordinary JPEG under `max_pixels` fits; what does not
-    is a WebP over ~16 MP and a progressive JPEG over ~30-40 MP (their decoders keep several
-    full-size buffers), which are refused with the size that would work."""
+    is decoded. Every PNG, GIF, BMP, baseline JPEG and 4:2:0 progressive JPEG under the default
+    `max_pixels` fits; what does not is a WebP over ~15 MP (libwebp keeps ~16 bytes per pixel)
+    and a 4:4:4 or CMYK progressive JPEG over ~30-40 MP (full-size coefficient buffers). Those
+    are refused with the size that would work."""
 
 
 @dataclass(frozen=True)
