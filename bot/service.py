@@ -40,11 +40,11 @@ from bot.errors import (
 )
 from bot.imaging import (
     FitMode,
+    ImageFitter,
     ImageLimits,
     OrientationChoice,
     PreparedImage,
     jpeg_data_uri,
-    prepare_image,
 )
 from bot.jobs import Job, JobState, NewJob, Outcome
 from bot.provider import DownloadedVideo, GenerationState, ProviderClient, VideoLinkRefused
@@ -227,6 +227,7 @@ class JobService:
         worker_id: str | None = None,
         rng: Callable[[], float] = random.random,
         retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        fitter: ImageFitter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -241,6 +242,7 @@ class JobService:
             min_side=settings.min_image_side,
         )
         self._retry_sleep = retry_sleep
+        self.fitter = fitter or ImageFitter()
         self._poll_slots = asyncio.Semaphore(settings.max_concurrent_polls)
         # Deliveries (download + upload) run as tasks of their own, so a slow one never holds
         # up polling; at most max_concurrent_deliveries of them at once in this process.
@@ -287,8 +289,8 @@ class JobService:
             prompt=request.prompt,
         )
         await self.check_quota(request.requester_id)
-        image = await asyncio.to_thread(
-            prepare_image,
+        # One memory budget for every fit in the process: members beyond it wait their turn.
+        image = await self.fitter.fit(
             request.image,
             preset=spec.preset(resolution),
             orientation=request.orientation,
@@ -642,6 +644,7 @@ class JobService:
             if pending:
                 await asyncio.wait(pending, timeout=5)
         await asyncio.to_thread(self._remove_video_dir)
+        self.fitter.close()
 
     async def _guarded(self, job: Job, work: Awaitable[object]) -> None:
         try:

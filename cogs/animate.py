@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import math
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from bot.imaging import FitMode, OrientationChoice
 from bot.jobs import Job
 from bot.service import AnimateRequest, Conversation, JobService
 from bot.spending import format_usd
+from cogs.audit import post_audit, post_audit_everywhere
 from cogs.delivery import DiscordDelivery, first_frame_file, status_embed, thread_name
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class MissingPermissions(InputRejected):
 class Animate(commands.Cog):
     def __init__(self, bot: AnimateBot) -> None:
         self.bot = bot
-        self.delivery = DiscordDelivery(bot)
+        self.delivery = DiscordDelivery(bot, on_posted=self._audit_result)
         # Commands in progress, so shutdown can let them finish their submit and reply.
         self._commands_running = 0
         self._no_commands = asyncio.Event()
@@ -102,14 +102,20 @@ class Animate(commands.Cog):
             )
         return self._admission
 
-    async def _announce_credits(self, text: str) -> None:
-        # Tell every server that has a log channel, once per pause (the audit module does it).
-        try:
-            audit = importlib.import_module("cogs.audit")
-        except ImportError:
-            log.warning("%s", text)
+    async def _audit_result(self, job: Job, what: str) -> None:
+        if job.guild_id is None:
             return
-        await audit.post_audit_everywhere(self.bot, text)
+        refund = " (refunded)" if what == "failed" and self.bot.settings.refund_failed_jobs else ""
+        await post_audit(
+            self.bot,
+            job.guild_id,
+            f"Job {job.id} {what}{refund}: <@{job.requester_id}>, {job.model} {job.resolution}, "
+            f"{job.duration} s.",
+        )
+
+    async def _announce_credits(self, text: str) -> None:
+        # Every server that has a log channel hears it once per pause.
+        await post_audit_everywhere(self.bot, text)
 
     async def cog_load(self) -> None:
         self.background.change_interval(seconds=self.bot.settings.poll_tick_seconds)
@@ -135,7 +141,10 @@ class Animate(commands.Cog):
         # job cut off here is picked up again after its lease.
         self.background.stop()
         task = self.background.get_task()
-        if task is not None and not task.done():
+        if task is not None and not task.done() and not self.bot.is_ready():
+            # Still waiting for the gateway (a failed start): nothing to finish.
+            self.background.cancel()
+        elif task is not None and not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=10)
             except TimeoutError:
@@ -270,6 +279,14 @@ class Animate(commands.Cog):
         job = await self.admission.admit(requester, quote, request, announce)
         # Cosmetic from here on: the job is paid for and will be delivered whatever happens.
         await self.service.refresh_status(self.delivery, job.id)
+        if job.guild_id is not None:
+            cost = "price unknown" if quote.estimate_usd is None else format_usd(quote.estimate_usd)
+            await post_audit(
+                self.bot,
+                job.guild_id,
+                f"Job {job.id} accepted: <@{job.requester_id}>, {quote.spec.label} "
+                f"{job.resolution}, {job.duration} s, about {cost}.",
+            )
         return f"Started! {announced[0]}"
 
     async def _read_image(self, attachment: discord.Attachment) -> bytes:

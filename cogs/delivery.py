@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 import discord
@@ -171,8 +172,22 @@ _GONE_CODES = frozenset({10003, 50001, 50013, 50007, 50083})
 class DiscordDelivery:
     """Implements bot.service.Delivery with the bot's token."""
 
-    def __init__(self, client: discord.Client) -> None:
+    def __init__(
+        self,
+        client: discord.Client,
+        on_posted: Callable[[Job, str], Awaitable[None]] | None = None,
+    ) -> None:
         self.client = client
+        # Told what was posted (for the server's audit log); its failures never matter here.
+        self.on_posted = on_posted
+
+    async def _posted(self, job: Job, what: str) -> None:
+        if self.on_posted is None:
+            return
+        try:
+            await self.on_posted(job, what)
+        except Exception:
+            log.warning("job %s: could not write the audit line", job.id, exc_info=True)
 
     def _channel(self, channel_id: int) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(channel_id)
@@ -250,29 +265,35 @@ class DiscordDelivery:
             raise UploadRejected("larger than the upload limit")
         file = discord.File(video.path, filename=f"animate-{job.id}.mp4")
         try:
-            return await self._send(
+            message_id = await self._send(
                 job, self._greeting(job, "your video is ready!"), result_embed(job), file
             )
         except discord.HTTPException as exc:
             if exc.status == 413 or exc.code == 40005:
                 raise UploadRejected("Discord refused the file size") from exc
             raise
+        await self._posted(job, "delivered")
+        return message_id
 
     async def post_link(self, job: Job, url: str, reason: str) -> int:
         # The link goes in the embed and a button, never in the 2,000-character content.
-        return await self._send(
+        message_id = await self._send(
             job,
             self._greeting(job, "your video is ready."),
             result_embed(job, extra=reason, link=url),
             view=link_button(url),
         )
+        await self._posted(job, "delivered as a link")
+        return message_id
 
     async def post_failure(self, job: Job, reason: str) -> int:
-        return await self._send(
+        message_id = await self._send(
             job,
             self._greeting(job, "sorry, no video this time."),
             result_embed(job, extra=_clip(reason, 1000)),
         )
+        await self._posted(job, "failed")
+        return message_id
 
 
 def first_frame_file(jpeg: bytes) -> discord.File:

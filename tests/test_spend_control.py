@@ -191,3 +191,25 @@ async def test_a_paused_server_and_access_lists_refuse_politely(env: Env) -> Non
     assert "paused" in paused
     assert f"<#{other_channel}>" in elsewhere
     assert env.provider.requests == []
+
+
+async def test_job_events_are_audited_in_the_log_channel_pinging_nobody(env: Env) -> None:
+    log_channel = env.discord.add_text_channel(env.guild_id, "bot-log")
+    async with started(env) as run:
+        env.run = run
+        await bot_of(env).guild_settings.update(
+            env.guild_id, {"log_channel_id": log_channel}, actor_id=1, now=now_of(env)
+        )
+        await env.wait_reply(await env.animate())
+        [status] = env.bot_messages(env.channel_id)
+        thread_id = thread_for(env, status)
+        await env.discord.wait_for(lambda: len(env.videos(thread_id)) == 1, timeout=20)
+
+        def audited() -> bool:
+            text = " ".join(m.content for m in env.bot_messages(log_channel))
+            return "accepted" in text and "delivered" in text
+
+        await env.discord.wait_for(audited, timeout=10)
+    lines = env.bot_messages(log_channel)
+    assert all(f"<@{env.user_id}>" in m.content for m in lines)
+    assert all(not m.mentions_pinged.users and not m.mentions_pinged.everyone for m in lines)
