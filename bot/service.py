@@ -625,6 +625,11 @@ class JobService:
     def deliveries_running(self) -> int:
         return len(self._deliveries)
 
+    def is_delivering(self, job_id: int) -> bool:
+        """Whether this process is posting (downloading, uploading) that job right now."""
+        task = self._deliveries.get(job_id)
+        return task is not None and not task.done()
+
     async def wait_for_deliveries(self) -> None:
         """Wait until every delivery this process started has finished (tests, benchmarks)."""
         while self._deliveries:
