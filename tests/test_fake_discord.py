@@ -23,10 +23,12 @@ from discord.ext import commands
 from tests.fake_discord import (
     ADMINISTRATOR,
     ALL_PERMISSIONS,
+    ATTACH_FILES,
     CREATE_PUBLIC_THREADS,
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_OPENAPI_SPEC,
     MANAGE_GUILD,
+    MANAGE_MESSAGES,
     MANAGE_ROLES,
     PRIVILEGED_INTENTS,
     FakeDiscord,
@@ -712,3 +714,430 @@ async def test_member_permissions_follow_roles_and_implicit_denies(fake: FakeDis
     assert not fake.member_permissions(world.guild_id, user) & MANAGE_GUILD
     with pytest.raises(Exception, match="Unknown Role"):
         fake.give_role(world.guild_id, user, role)
+
+
+# ----- persistent buttons, modals, message context menus, CDN links -----
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[discord.ui.View]],
+    template=r"job:(?P<action>again|edit|label|extend|delete):(?P<job>\d+)",
+):
+    """A persistent button whose custom id carries what it needs, as the bot's are."""
+
+    def __init__(self, action: str, job: int) -> None:
+        super().__init__(discord.ui.Button(label=action.title(), custom_id=f"job:{action}:{job}"))
+        self.action = action
+        self.job = job
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: Any,
+    ) -> JobButton:
+        return cls(str(match["action"]), int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        if self.action in ("edit", "label"):
+            modal = EditPrompt(self.job, "a cat", labelled=self.action == "label")
+            await interaction.response.send_modal(modal)
+            return
+        manage = interaction.permissions.manage_messages
+        await interaction.response.send_message(
+            f"{self.action} {self.job} by {interaction.user.id} manage={manage}", ephemeral=True
+        )
+
+
+class EditPrompt(discord.ui.Modal):
+    """Edit prompt: a text input pre-filled with the old prompt, and a duration — in action
+    rows (the classic layout) or in discord.py's ``ui.Label`` wrappers."""
+
+    def __init__(self, job: int, prompt: str, *, labelled: bool) -> None:
+        super().__init__(title="Edit prompt", custom_id=f"edit:{job}")
+        self.job = job
+        self.duration_choice: discord.ui.Select[discord.ui.View] | None = None
+        self.prompt: discord.ui.TextInput[EditPrompt]
+        self.duration: discord.ui.TextInput[EditPrompt]
+        if labelled:
+            self.prompt = discord.ui.TextInput(
+                custom_id="prompt", default=prompt, max_length=100, style=discord.TextStyle.long
+            )
+            self.add_item(discord.ui.Label(text="Prompt", component=self.prompt))
+            self.duration_choice = discord.ui.Select(
+                custom_id="duration",
+                options=[discord.SelectOption(label=f"{s} s", value=str(s)) for s in (4, 8)],
+                required=True,
+            )
+            self.add_item(discord.ui.Label(text="Duration", component=self.duration_choice))
+        else:
+            self.prompt = discord.ui.TextInput(
+                label="Prompt", custom_id="prompt", default=prompt, max_length=100
+            )
+            self.duration = discord.ui.TextInput(
+                label="Duration (s)", custom_id="duration", default="4", required=False
+            )
+            self.add_item(self.prompt)
+            self.add_item(self.duration)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        if self.duration_choice is not None:
+            duration = self.duration_choice.values[0]
+        else:
+            duration = self.duration.value or "default"
+        await interaction.response.send_message(
+            f"job {self.job} again: {self.prompt.value!r} for {duration} s by {interaction.user.id}"
+        )
+
+
+class AnimateImage(discord.ui.Modal, title="Animate image"):
+    """The context menu's modal."""
+
+    prompt: discord.ui.TextInput[AnimateImage] = discord.ui.TextInput(
+        label="Prompt", custom_id="prompt"
+    )
+
+    def __init__(self, image: bytes, count: int) -> None:
+        super().__init__(custom_id="animate-image")
+        self.image = image
+        self.count = count
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        if self.prompt.value == "another modal":
+            try:
+                await interaction.response.send_modal(AnimateImage(self.image, self.count))
+            except discord.HTTPException as exc:
+                await interaction.response.send_message(f"refused: {exc.status} {exc.code}")
+            return
+        await interaction.response.send_message(
+            f"animating {len(self.image)} bytes ({self.count} images): {self.prompt.value}"
+        )
+
+
+@dataclass
+class ResultControl:
+    """What the result bot posted and saw."""
+
+    message_ids: dict[str, int] = field(default_factory=dict)
+    reads: list[bytes | str] = field(default_factory=list)
+    errors: list[BaseException] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def make_result_bot(control: ResultControl) -> commands.Bot:
+    """A bot posting results with persistent buttons, and an "Animate image" context menu."""
+    bot = commands.Bot(
+        command_prefix=commands.when_mentioned,
+        intents=discord.Intents.default(),
+        guild_ready_timeout=0.1,
+        help_command=None,
+    )
+
+    def buttons(*actions: str) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        for action in actions:
+            view.add_item(JobButton(action, 7))
+        return view
+
+    @bot.tree.command(name="result", description="Post a result with buttons")
+    async def result(interaction: discord.Interaction) -> None:
+        try:
+            await interaction.response.defer(thinking=True)
+            public = await interaction.followup.send(
+                "result 7", view=buttons("again", "edit", "label"), wait=True
+            )
+            private = await interaction.followup.send(
+                "only you", view=buttons("delete"), ephemeral=True, wait=True
+            )
+            later = await interaction.followup.send("clip 7", wait=True)
+            await later.edit(view=buttons("extend"))  # buttons added by an edit
+            assert isinstance(interaction.channel, discord.TextChannel)
+            video = await interaction.channel.send(
+                "video", file=discord.File(io.BytesIO(b"\0mp4" * 100), filename="clip.mp4")
+            )
+            control.message_ids.update(
+                public=public.id, private=private.id, later=later.id, video=video.id
+            )
+        except Exception as exc:
+            control.errors.append(exc)
+        finally:
+            control.done.set()
+
+    @bot.tree.context_menu(name="Animate image")
+    async def animate_image(interaction: discord.Interaction, message: discord.Message) -> None:
+        images = [a for a in message.attachments if (a.content_type or "").startswith("image/")]
+        if not images:
+            await interaction.response.send_message("no image there", ephemeral=True)
+            return
+        data = await images[0].read()
+        await interaction.response.send_modal(AnimateImage(data, len(images)))
+
+    async def setup_hook() -> None:
+        bot.add_dynamic_items(JobButton)
+        await bot.tree.sync()
+
+    bot.setup_hook = setup_hook  # type: ignore[method-assign]
+    return bot
+
+
+async def post_results(fake: FakeDiscord, world: World, control: ResultControl) -> None:
+    await fake.invoke_command(
+        "result", {}, user_id=world.user_id, guild_id=world.guild_id, channel_id=world.channel_id
+    )
+    await asyncio.wait_for(control.done.wait(), timeout=10)
+    assert control.errors == []
+
+
+async def reply_of(fake: FakeDiscord, interaction: FakeInteraction) -> str:
+    await fake.wait_for(lambda: bool(interaction.responses()), timeout=5)
+    return interaction.responses()[0].content
+
+
+async def test_persistent_buttons_work_after_a_restart(fake: FakeDiscord) -> None:
+    world = build_world(fake)
+    control = ResultControl()
+    async with run_bot(make_result_bot(control), fake):
+        await post_results(fake, world, control)
+    ids = control.message_ids
+    assert fake.message(ids["private"]).ephemeral
+    assert [v.components for v in fake.message(ids["later"]).history] == [[]]
+
+    # A new client on the same fake: the buttons are Discord's, not the old process's.
+    async with run_bot(make_result_bot(ResultControl()), fake) as run:
+        bob = fake.add_user("bob")
+        again = await fake.invoke_component(ids["public"], "job:again:7", user_id=bob)
+        assert await reply_of(fake, again) == f"again 7 by {bob} manage=False"
+        assert again.payload["message"]["id"] == str(ids["public"])
+        private = await fake.invoke_component(ids["private"], "job:delete:7", user_id=world.user_id)
+        assert await reply_of(fake, private) == f"delete 7 by {world.user_id} manage=False"
+        assert private.payload["message"]["flags"] & 64
+        extend = await fake.invoke_component(ids["later"], "job:extend:7", user_id=bob)
+        assert (await reply_of(fake, extend)).startswith("extend 7")
+        # The reply to a button says which message it was pressed on.
+        reply = extend.responses()[0]
+        metadata = fake.world.message_payload(reply)["interaction_metadata"]
+        assert metadata["type"] == 3 and metadata["interacted_message_id"] == str(ids["later"])
+
+        # Only what a member could press.
+        with pytest.raises(LookupError, match="job:again:7"):
+            await fake.invoke_component(ids["public"], "job:again:8", user_id=bob)
+        assert run.logged_errors == []
+    assert fake.openapi_violations == [] and fake.internal_errors == []
+
+
+async def test_a_disabled_button_cannot_be_pressed(fake: FakeDiscord) -> None:
+    world = build_world(fake)
+    bot = make_bot(EchoControl())
+    async with run_bot(bot, fake):
+        channel = bot.get_channel(world.channel_id)
+        assert isinstance(channel, discord.TextChannel)
+        view = discord.ui.View()
+        view.add_item(discord.ui.Button(label="Gone", custom_id="gone", disabled=True))
+        sent = await channel.send("old", view=view)
+        with pytest.raises(ValueError, match="disabled"):
+            await fake.invoke_component(sent.id, "gone", user_id=world.user_id)
+
+
+async def test_edit_prompt_modal_shows_the_old_prompt_and_submits_the_new_one(
+    fake: FakeDiscord,
+) -> None:
+    world = build_world(fake)
+    control = ResultControl()
+    async with run_bot(make_result_bot(control), fake) as run:
+        await post_results(fake, world, control)
+        public = control.message_ids["public"]
+        press = await fake.invoke_component(public, "job:edit:7", user_id=world.user_id)
+        await fake.wait_for(lambda: press.modal is not None, timeout=5)
+        modal = press.modal
+        assert modal is not None and press.response_type == 9
+        assert (modal.title, modal.custom_id) == ("Edit prompt", "edit:7")
+        assert modal.values == {"prompt": "a cat", "duration": "4"}
+        assert modal.field("prompt").label == "Prompt" and modal.field("prompt").max_length == 100
+        assert not modal.field("duration").required
+        assert press.responses() == []  # a modal posts nothing
+
+        submit = await fake.submit_modal(press, {"prompt": "a dog", "duration": ""})
+        assert (
+            await reply_of(fake, submit) == f"job 7 again: 'a dog' for default s by {world.user_id}"
+        )
+        data = submit.payload["data"]
+        assert submit.payload["type"] == 5 and data["custom_id"] == "edit:7"
+        assert [row["type"] for row in data["components"]] == [1, 1]
+        assert data["components"][0]["components"][0] | {"id": 0} == {
+            "type": 4, "id": 0, "custom_id": "prompt", "value": "a dog",
+        }  # fmt: skip
+        assert submit.payload["message"]["id"] == str(public)  # opened from that message
+        metadata = fake.world.message_payload(submit.responses()[0])["interaction_metadata"]
+        assert metadata["type"] == 5
+        assert metadata["triggering_interaction_metadata"]["interacted_message_id"] == str(public)
+
+        # Pre-filled values are sent when the member changes nothing; Discord's client rules.
+        again = await fake.invoke_component(public, "job:edit:7", user_id=world.user_id)
+        await fake.wait_for(lambda: again.modal is not None, timeout=5)
+        with pytest.raises(ValueError, match="required"):
+            await fake.submit_modal(again, {"prompt": ""})
+        with pytest.raises(ValueError, match="0 to 100 characters"):
+            await fake.submit_modal(again, {"prompt": "x" * 101})
+        with pytest.raises(ValueError, match="no input"):
+            await fake.submit_modal(again, {"seed": "1"})
+        with pytest.raises(ValueError, match="only the member"):
+            await fake.submit_modal(again, user_id=fake.add_user("eve"))
+        unchanged = await fake.submit_modal(again)
+        assert await reply_of(fake, unchanged) == f"job 7 again: 'a cat' for 4 s by {world.user_id}"
+        assert run.logged_errors == []
+    assert fake.openapi_violations == [] and fake.internal_errors == []
+
+
+async def test_modal_in_label_components_with_a_select(fake: FakeDiscord) -> None:
+    world = build_world(fake)
+    control = ResultControl()
+    async with run_bot(make_result_bot(control), fake) as run:
+        await post_results(fake, world, control)
+        press = await fake.invoke_component(
+            control.message_ids["public"], "job:label:7", user_id=world.user_id
+        )
+        await fake.wait_for(lambda: press.modal is not None, timeout=5)
+        modal = press.modal
+        assert modal is not None
+        assert [c["type"] for c in modal.components] == [18, 18]  # discord.py's ui.Label
+        prompt, duration = modal.fields
+        assert (prompt.label, prompt.value, prompt.wrapped_in_label) == ("Prompt", "a cat", True)
+        assert (duration.type, duration.options) == (3, ("4", "8"))
+        with pytest.raises(ValueError, match="not options"):
+            await fake.submit_modal(press, {"duration": ["12"]})
+        submit = await fake.submit_modal(press, {"prompt": "a fox", "duration": ["8"]})
+        assert await reply_of(fake, submit) == f"job 7 again: 'a fox' for 8 s by {world.user_id}"
+        first, second = submit.payload["data"]["components"]
+        assert first["type"] == 18 and first["component"]["value"] == "a fox"
+        assert second["component"]["values"] == ["8"] and second["component"]["type"] == 3
+        assert run.logged_errors == []
+    assert fake.openapi_violations == [] and fake.internal_errors == []
+
+
+async def test_animate_image_context_menu(fake: FakeDiscord) -> None:
+    world = build_world(fake)
+    async with run_bot(make_result_bot(ResultControl()), fake) as run:
+        menu = [c for c in fake.commands.global_commands if c["type"] == 3]
+        assert [c["name"] for c in menu] == ["Animate image"]
+        image = png(5, 4)
+        post = await fake.post_user_message(
+            world.channel_id, world.user_id, "look", files=[("cat.png", image), ("b.png", image)]
+        )
+        invoked = await fake.invoke_message_command("Animate image", post.id, user_id=world.user_id)
+        await fake.wait_for(lambda: invoked.modal is not None, timeout=5)
+        data = invoked.payload["data"]
+        assert (data["type"], data["target_id"]) == (3, str(post.id))
+        resolved = data["resolved"]["messages"][str(post.id)]
+        assert resolved["attachments"][0]["content_type"] == "image/png"
+        assert resolved["attachments"][0]["width"] == 5
+        assert invoked.modal is not None and invoked.modal.title == "Animate image"
+        submit = await fake.submit_modal(invoked, {"prompt": "make it move"})
+        expected = f"animating {len(image)} bytes (2 images): make it move"
+        assert await reply_of(fake, submit) == expected
+        assert "message" not in submit.payload  # opened from a command, not a button
+        reply = fake.world.message_payload(submit.responses()[0])
+        trigger = reply["interaction_metadata"]["triggering_interaction_metadata"]
+        assert trigger["target_message_id"] == str(post.id)
+
+        text_only = await fake.post_user_message(world.channel_id, world.user_id, "no pictures")
+        none = await fake.invoke_message_command(
+            "Animate image", text_only.id, user_id=world.user_id
+        )
+        assert await reply_of(fake, none) == "no image there"
+        with pytest.raises(LookupError, match="never synced"):
+            await fake.invoke_message_command("Nope", post.id, user_id=world.user_id)
+        assert run.logged_errors == []
+    assert fake.openapi_violations == [] and fake.internal_errors == []
+
+
+async def test_a_modal_cannot_answer_a_modal_submit(fake: FakeDiscord) -> None:
+    world = build_world(fake)
+    async with run_bot(make_result_bot(ResultControl()), fake):
+        post = await fake.post_user_message(
+            world.channel_id, world.user_id, files=[("cat.png", png(2, 2))]
+        )
+        invoked = await fake.invoke_message_command("Animate image", post.id, user_id=world.user_id)
+        await fake.wait_for(lambda: invoked.modal is not None, timeout=5)
+        submit = await fake.submit_modal(invoked, {"prompt": "another modal"})
+        assert await reply_of(fake, submit) == "refused: 400 40043"
+    assert submit.modal is None and submit.callbacks == [400, 200]
+
+
+async def test_fetching_a_message_gives_fresh_cdn_links_and_deleting_removes_it(
+    fake: FakeDiscord,
+) -> None:
+    world = build_world(fake)
+    control = ResultControl()
+    bot = make_result_bot(control)
+    async with run_bot(bot, fake):
+        await post_results(fake, world, control)
+        channel = bot.get_channel(world.channel_id)
+        assert isinstance(channel, discord.TextChannel)
+        old = await channel.fetch_message(control.message_ids["video"])
+        assert "?ex=" in old.attachments[0].url and "&hm=" in old.attachments[0].url
+        assert await old.attachments[0].read() == b"\0mp4" * 100
+
+        fake.expire_cdn_urls()  # a day later: links handed out before stop working
+        with pytest.raises(discord.NotFound):
+            await old.attachments[0].read()
+        fresh = await channel.fetch_message(old.id)
+        assert fresh.attachments[0].url != old.attachments[0].url
+        assert await fresh.attachments[0].read() == b"\0mp4" * 100
+
+        await fresh.delete()
+        assert old.id not in [m.id for m in fake.messages(world.channel_id)]
+        assert fake.message(old.id).deleted
+        with pytest.raises(discord.NotFound):
+            await channel.fetch_message(old.id)
+        fake.cdn_url_lifetime = 3600
+        with pytest.raises(discord.NotFound):  # a deleted message's file is gone too
+            await fresh.attachments[0].read()
+    assert [r.status for r in fake.cdn_requests()] == [200, 404, 200, 404]
+    assert fake.openapi_violations == [] and fake.internal_errors == []
+
+
+async def test_manage_messages_per_channel(fake: FakeDiscord) -> None:
+    world = build_world(fake)
+    other_channel = fake.add_text_channel(world.guild_id, "other")
+    control = ResultControl()
+    bot = make_result_bot(control)
+    async with run_bot(bot, fake):
+        await post_results(fake, world, control)
+        public = control.message_ids["public"]
+        mod, member = fake.add_user("mod"), fake.add_user("member")
+        fake.set_permission_overwrite(world.channel_id, mod, allow=MANAGE_MESSAGES)
+        assert fake.member_permissions(world.guild_id, mod, world.channel_id) & MANAGE_MESSAGES
+        assert not fake.member_permissions(world.guild_id, mod, other_channel) & MANAGE_MESSAGES
+        assert not fake.member_permissions(world.guild_id, mod) & MANAGE_MESSAGES
+        press = await fake.invoke_component(public, "job:again:7", user_id=mod)
+        assert (await reply_of(fake, press)).endswith("manage=True")
+        press = await fake.invoke_component(public, "job:again:7", user_id=member)
+        assert (await reply_of(fake, press)).endswith("manage=False")
+
+        # A role with Manage Messages server-wide, denied in this channel for that role.
+        helpers = fake.add_role(world.guild_id, "helpers", MANAGE_MESSAGES)
+        fake.give_role(world.guild_id, member, helpers)
+        assert fake.member_permissions(world.guild_id, member, world.channel_id) & MANAGE_MESSAGES
+        fake.set_permission_overwrite(world.channel_id, helpers, deny=MANAGE_MESSAGES)
+        press = await fake.invoke_component(public, "job:again:7", user_id=member)
+        assert (await reply_of(fake, press)).endswith("manage=False")
+        # ...and a member overwrite beats the role's.
+        fake.set_permission_overwrite(world.channel_id, member, allow=MANAGE_MESSAGES)
+        assert fake.member_permissions(world.guild_id, member, world.channel_id) & MANAGE_MESSAGES
+
+        # An @everyone deny does not change the bot's own permissions, here or in its cache.
+        fake.set_permission_overwrite(world.channel_id, world.guild_id, deny=ATTACH_FILES)
+        guild = bot.get_guild(world.guild_id)
+        channel = bot.get_channel(world.channel_id)
+        assert guild is not None and isinstance(channel, discord.TextChannel)
+        await fake.wait_for(lambda: len(channel.overwrites) == 5, timeout=5)
+        assert channel.permissions_for(guild.me).value == DEFAULT_BOT_PERMISSIONS
+        assert not fake.member_permissions(world.guild_id, fake.add_user("x"), world.channel_id) & (
+            ATTACH_FILES
+        )
+        # The owner keeps everything.
+        assert fake.member_permissions(world.guild_id, guild.owner_id or 0, world.channel_id) == (
+            ALL_PERMISSIONS
+        )
+    assert fake.openapi_violations == [] and fake.internal_errors == []

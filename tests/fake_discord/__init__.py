@@ -5,8 +5,9 @@ Point discord.py at it with ``discord.http.Route.BASE = fake.rest_base_url`` and
 ``DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(fake.gateway_url)`` (``harness.run_bot`` does
 both), then build a world, invoke commands as a user and observe what the bot posted.
 Behaviour follows Discord's: the 3 s acknowledge deadline, 15-minute interaction tokens,
-permissions (roles, Manage Server, Administrator, the owner), upload limits, allowed_mentions,
-and OpenAPI validation of every request body.
+permissions (roles, channel overwrites, Administrator, the owner), upload limits,
+allowed_mentions, signed expiring CDN links, modals, context menus, and OpenAPI validation of
+every request body.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .models import (
     EMBED_LINKS,
     MANAGE_CHANNELS,
     MANAGE_GUILD,
+    MANAGE_MESSAGES,
     MANAGE_ROLES,
     MENTION_EVERYONE,
     PRIVILEGED_INTENTS,
@@ -31,9 +33,11 @@ from .models import (
     FakeAttachment,
     FakeInteraction,
     FakeMessage,
+    FakeModal,
     FakeRole,
     Mentions,
     MessageVersion,
+    ModalField,
     RecordedRequest,
     UploadedFile,
 )
@@ -51,6 +55,7 @@ __all__ = [
     "EMBED_LINKS",
     "MANAGE_CHANNELS",
     "MANAGE_GUILD",
+    "MANAGE_MESSAGES",
     "MANAGE_ROLES",
     "MENTION_EVERYONE",
     "PRIVILEGED_INTENTS",
@@ -62,9 +67,11 @@ __all__ = [
     "FakeDiscord",
     "FakeInteraction",
     "FakeMessage",
+    "FakeModal",
     "FakeRole",
     "Mentions",
     "MessageVersion",
+    "ModalField",
     "RecordedRequest",
     "SpecUnavailable",
     "UploadedFile",

@@ -215,6 +215,9 @@ class FakeChannel:
     archived: bool = False
     created_at: datetime = field(default_factory=utcnow)
     message_count: int = 0
+    overwrites: dict[int, tuple[int, int]] = field(default_factory=dict)
+    """Member and role permission overwrites: target id -> (allow, deny). The guild's id is
+    @everyone; the bot's own overwrite comes from ``bot_permissions``."""
 
     @property
     def is_thread(self) -> bool:
@@ -235,20 +238,29 @@ class FakeAttachment:
     width: int | None = None
     height: int | None = None
     ephemeral: bool = False
+    removed: bool = False
+    """True once its message was deleted or an edit dropped it: the CDN answers 404."""
+    sign: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
+    """Turns ``url`` into a signed, expiring CDN link (set by the world that stores it)."""
 
     @property
     def size(self) -> int:
         """Size in bytes."""
         return len(self.data)
 
+    def signed_url(self) -> str:
+        """A fresh link as Discord hands out: ``url?ex=..&is=..&hm=..&`` (unsigned if no signer)."""
+        return self.url if self.sign is None else self.sign(self.url)
+
     def payload(self) -> dict[str, Any]:
-        """The attachment object as Discord sends it."""
+        """The attachment object as Discord sends it (with a freshly signed URL)."""
+        url = self.signed_url()
         data: dict[str, Any] = {
             "id": str(self.id),
             "filename": self.filename,
             "size": self.size,
-            "url": self.url,
-            "proxy_url": self.url,
+            "url": url,
+            "proxy_url": url,
         }
         if self.content_type is not None:
             data["content_type"] = self.content_type
@@ -386,6 +398,56 @@ class FakeMessage:
         )
 
 
+@dataclass(frozen=True)
+class ModalField:
+    """One input of a modal the bot showed: a text input, or a select inside a label."""
+
+    custom_id: str
+    type: int
+    """4 text input; 3, 5, 6, 7, 8 selects."""
+    label: str | None
+    """The label component's text, else the text input's own (deprecated) label."""
+    value: str | None = None
+    """The pre-filled text (text inputs)."""
+    style: int | None = None
+    """1 short, 2 paragraph (text inputs)."""
+    required: bool = True
+    min_length: int | None = None
+    max_length: int | None = None
+    placeholder: str | None = None
+    options: tuple[str, ...] = ()
+    """The option values of a string select."""
+    min_values: int = 1
+    max_values: int = 1
+    wrapped_in_label: bool = False
+    """True for discord.py's ``ui.Label`` layout (type 18), False for an action row (type 1)."""
+
+
+@dataclass(frozen=True)
+class FakeModal:
+    """A modal the bot answered an interaction with (callback type 9)."""
+
+    custom_id: str
+    title: str
+    components: list[dict[str, Any]]
+    """The top-level components exactly as the bot sent them."""
+    fields: list[ModalField]
+    """Every input, in order."""
+
+    def field(self, custom_id: str) -> ModalField:
+        """The input with that custom id (AssertionError if absent)."""
+        for item in self.fields:
+            if item.custom_id == custom_id:
+                return item
+        ids = [f.custom_id for f in self.fields]
+        raise AssertionError(f"modal {self.custom_id!r} has no input {custom_id!r} (has {ids})")
+
+    @property
+    def values(self) -> dict[str, str | None]:
+        """custom_id -> pre-filled value of each text input."""
+        return {f.custom_id: f.value for f in self.fields if f.type == 4}
+
+
 @dataclass
 class FakeInteraction:
     """An interaction the fake sent to the bot, and what the bot did with it."""
@@ -412,6 +474,8 @@ class FakeInteraction:
     expired: bool = False
     callbacks: list[int] = field(default_factory=list)
     """Status codes of every callback attempt."""
+    modal: FakeModal | None = None
+    """The modal shown in answer (callback type 9), or None."""
     _lookup: Callable[[int], FakeMessage | None] | None = field(default=None, repr=False)
 
     @property

@@ -35,6 +35,8 @@ from .models import (
     FakeChannel,
     FakeInteraction,
     FakeMessage,
+    FakeModal,
+    ModalField,
     RecordedRequest,
     UploadedFile,
     compute_mentions,
@@ -590,8 +592,10 @@ class RestApi:
         )
         self._check_upload(channel, files, upload_limit)
         attachments = list(message.attachments)
+        dropped: list[FakeAttachment] = []
         if body.get("attachments") is not None:
             keep = {str(a.get("id")) for a in body["attachments"] if isinstance(a, dict)}
+            dropped = [a for a in attachments if str(a.id) not in keep]
             attachments = [a for a in attachments if str(a.id) in keep]
         attachments += self._new_attachments(body, files, channel, ephemeral=message.ephemeral)
         _not_empty(content, embeds, attachments, components)
@@ -605,6 +609,8 @@ class RestApi:
         message.history.append(message.snapshot(now))
         message.content, message.embeds, message.components = content, embeds, components
         message.attachments = attachments
+        for attachment in dropped:
+            attachment.removed = True  # Discord deletes a file an edit drops
         message.allowed_mentions = allowed
         if body.get("flags") is not None:
             message.flags = (message.flags & ~SUPPRESS_EMBEDS) | (
@@ -616,6 +622,13 @@ class RestApi:
             message.mentions_pinged = compute_mentions(content, allowed)
         else:
             message.edited_at = now
+
+    async def delete(self, message: FakeMessage) -> None:
+        """Delete a message: gone from history, its files gone from the CDN."""
+        message.deleted = True
+        for attachment in message.attachments:
+            attachment.removed = True
+        await self.announce("MESSAGE_DELETE", message)
 
     async def announce(self, event: str, message: FakeMessage) -> None:
         """Dispatch MESSAGE_CREATE/UPDATE/DELETE (never for ephemeral messages)."""
@@ -716,8 +729,7 @@ class RestApi:
         message = self.world.message(channel.id, call.snowflake("message_id"))
         if message.author_id != self.world.bot.id and not raw & MANAGE_MESSAGES:
             raise missing_permissions()
-        message.deleted = True
-        await self.announce("MESSAGE_DELETE", message)
+        await self.delete(message)
         return Reply()
 
     async def add_reaction(self, call: Call) -> Reply:
@@ -905,7 +917,13 @@ class RestApi:
             self.apply_edit(target, data, call.files, upload_limit=limit)
             await self.announce("MESSAGE_UPDATE", target)
             message = target
-        elif kind not in (8, 9):
+        elif kind == 9:
+            # Discord offers a modal only in answer to a command or a component, never to a
+            # modal submit (nor to a ping or autocomplete).
+            if interaction.payload["type"] not in (2, 3):
+                raise DiscordError(400, 40043, "Interaction response type is not valid here")
+            interaction.modal = parse_modal(data)
+        elif kind != 8:
             raise DiscordError(400, 40043, "Interaction response type is not valid here")
         interaction.acknowledged_monotonic = time.monotonic()
         interaction.acknowledged_at = utcnow()
@@ -973,8 +991,7 @@ class RestApi:
         """DELETE @original or a followup."""
         interaction = self._webhook_interaction(call)
         message = self._webhook_target(call, interaction)
-        message.deleted = True
-        await self.announce("MESSAGE_DELETE", message)
+        await self.delete(message)
         return Reply()
 
     async def execute_webhook(self, call: Call) -> Reply:
@@ -1005,6 +1022,99 @@ class RestApi:
         if call.query("wait") not in ("1", "true", "True"):
             return Reply()
         return Reply(self.world.message_payload(message))
+
+
+_SELECT_TYPES = frozenset({3, 5, 6, 7, 8})
+
+
+def parse_modal(data: dict[str, Any]) -> FakeModal:
+    """The modal of a type 9 callback, checked the way Discord checks it (the OpenAPI
+    validation has already recorded shape problems): every input has a unique custom id, and a
+    text input in an action row carries its own label."""
+    components = data.get("components")
+    if not isinstance(components, list) or not components:
+        raise invalid_form("data.components", "This field is required", "BASE_TYPE_REQUIRED")
+    fields: list[ModalField] = []
+    for index, top in enumerate(components):
+        where = f"data.components.{index}"
+        if not isinstance(top, dict):
+            raise invalid_form(where, "Must be an object.", "MODEL_TYPE_CONVERT")
+        kind = top.get("type")
+        if kind == 1:
+            inner = top.get("components") or []
+            if len(inner) != 1 or not isinstance(inner[0], dict) or inner[0].get("type") != 4:
+                raise invalid_form(
+                    f"{where}.components",
+                    "An action row in a modal holds exactly one text input.",
+                    "COMPONENT_LAYOUT_WIDTH_EXCEEDED",
+                )
+            if not inner[0].get("label"):
+                raise invalid_form(
+                    f"{where}.components.0.label", "This field is required", "BASE_TYPE_REQUIRED"
+                )
+            fields.append(_modal_field(inner[0], str(inner[0]["label"]), wrapped=False))
+        elif kind == 18:
+            child = top.get("component")
+            if not isinstance(child, dict):
+                raise invalid_form(
+                    f"{where}.component", "This field is required", "BASE_TYPE_REQUIRED"
+                )
+            fields.append(_modal_field(child, str(top.get("label") or ""), wrapped=True))
+        elif kind != 10:  # a text display has nothing to fill in
+            raise invalid_form(
+                f"{where}.type",
+                f"Component type {kind} is not allowed in a modal.",
+                "COMPONENT_TYPE_INVALID",
+            )
+    ids = [f.custom_id for f in fields]
+    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicated:
+        raise invalid_form(
+            "data.components",
+            f"Component custom id cannot be duplicated: {duplicated}",
+            "COMPONENT_CUSTOM_ID_DUPLICATED",
+        )
+    return FakeModal(
+        custom_id=str(data.get("custom_id") or ""),
+        title=str(data.get("title") or ""),
+        components=components,
+        fields=fields,
+    )
+
+
+def _modal_field(component: dict[str, Any], label: str, *, wrapped: bool) -> ModalField:
+    kind = int(component.get("type") or 0)
+    custom_id = component.get("custom_id")
+    if not isinstance(custom_id, str) or not custom_id:
+        raise invalid_form("custom_id", "This field is required", "BASE_TYPE_REQUIRED")
+    if kind == 4:
+        return ModalField(
+            custom_id=custom_id,
+            type=4,
+            label=label,
+            value=component.get("value"),
+            style=int(component.get("style") or 1),
+            required=bool(component.get("required", True)),
+            min_length=component.get("min_length"),
+            max_length=component.get("max_length"),
+            placeholder=component.get("placeholder"),
+            wrapped_in_label=wrapped,
+        )
+    options = tuple(
+        str(o.get("value")) for o in component.get("options") or [] if isinstance(o, dict)
+    )
+    min_values = int(component.get("min_values", 1) or 0)
+    return ModalField(
+        custom_id=custom_id,
+        type=kind,
+        label=label,
+        required=bool(component.get("required", True)) and min_values > 0,
+        placeholder=component.get("placeholder"),
+        options=options,
+        min_values=min_values,
+        max_values=int(component.get("max_values") or 1),
+        wrapped_in_label=wrapped,
+    )
 
 
 async def _read_body(request: web.Request) -> tuple[Any, list[UploadedFile]]:

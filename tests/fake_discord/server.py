@@ -9,7 +9,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -27,6 +27,8 @@ from .models import (
     FakeChannel,
     FakeInteraction,
     FakeMessage,
+    FakeModal,
+    ModalField,
     RecordedRequest,
     compute_mentions,
     utcnow,
@@ -291,6 +293,17 @@ class FakeDiscord:
             return self.world.guild_permissions(self.world.guild(guild_id), user_id)
         return self.world.member_permissions(self._channel(channel_id), user_id)
 
+    def set_permission_overwrite(
+        self, channel_id: int, target_id: int, *, allow: int = 0, deny: int = 0
+    ) -> None:
+        """A moderator sets a channel's overwrite for a role, @everyone (the guild's id) or a
+        member (allow = deny = 0 removes it); dispatched as CHANNEL_UPDATE. Interactions in the
+        channel then carry the member's permissions with it applied, e.g.
+        ``set_permission_overwrite(channel, user, allow=MANAGE_MESSAGES)``."""
+        channel = self._channel(channel_id)
+        self.world.set_overwrite(channel, target_id, allow, deny)
+        self._schedule(self.gateway.dispatch("CHANNEL_UPDATE", self.world.channel_payload(channel)))
+
     async def _announce_member(self, guild_id: int, user_id: int) -> None:
         guild = self.world.guild(guild_id)
         payload = {**self.world.member_payload(guild, user_id), "guild_id": str(guild_id)}
@@ -310,6 +323,20 @@ class FakeDiscord:
         )
         return attachment.payload()
 
+    @property
+    def cdn_url_lifetime(self) -> float:
+        """Seconds an attachment link works after it is handed out (Discord: about a day)."""
+        return self.world.cdn_url_lifetime
+
+    @cdn_url_lifetime.setter
+    def cdn_url_lifetime(self, seconds: float) -> None:
+        self.world.cdn_url_lifetime = seconds
+
+    def expire_cdn_urls(self) -> None:
+        """Every attachment link handed out so far stops working (404), as Discord's signed
+        links do after a day; fetching the message again gives fresh ones."""
+        self.world.cdn_generation += 1
+
     # ----- acting as a user -----
 
     async def invoke_command(
@@ -327,17 +354,9 @@ class FakeDiscord:
         :meth:`add_attachment` (or its id); user/channel/role options take ids.
         """
         await self._settle()
-        world = self.world
         channel = self._interaction_channel(channel_id, guild_id, user_id)
         parts = name.split()
-        command = world.commands.find(parts[0], guild_id)
-        if command is None:
-            raise LookupError(
-                f"/{parts[0]} was never synced (global: "
-                f"{[c['name'] for c in world.commands.global_commands]}, guild {guild_id}: "
-                f"{[c['name'] for c in world.commands.guild_commands.get(guild_id or 0, [])]}); "
-                "did the bot call tree.sync()?"
-            )
+        command = self._find_command(parts[0], guild_id, kind=1)
         option_payload, resolved = self._build_options(
             command, parts[1:], dict(options or {}), channel, user_id
         )
@@ -361,30 +380,191 @@ class FakeDiscord:
         custom_id: str,
         *,
         user_id: int,
-        component_type: int = 2,
         values: list[str] | None = None,
     ) -> FakeInteraction:
-        """Click a button (or choose select ``values``) on a message the bot posted."""
+        """Click a button (or choose select ``values``) on a message the bot posted.
+
+        Only what a member could really press: a component with that custom id on the
+        message's current version (in action rows, sections or containers), not disabled. The
+        message may be any the bot posted, ephemeral or not, by a bot that has restarted since.
+        """
         await self._settle()
         message = self.world.messages.get(message_id)
         if message is None or message.deleted:
             raise LookupError(f"no message {message_id}")
+        component = _find_component(message.components, custom_id)
+        if component is None:
+            ids = [c["custom_id"] for c in _walk_components(message.components)
+                   if "custom_id" in c]  # fmt: skip
+            raise LookupError(f"message {message_id} has no component {custom_id!r} (has {ids})")
+        if component.get("disabled"):
+            raise ValueError(f"{custom_id!r} is disabled: Discord does not let anyone press it")
+        kind = int(component["type"])
+        if kind == 2 and values is not None:
+            raise ValueError("a button takes no values")
+        if kind != 2:
+            values = _check_select_values(component, values or [])
         channel = self._channel(message.channel_id)
         self._interaction_channel(channel.id, channel.guild_id, user_id)
         payload = self._interaction_base(3, channel, user_id, channel.guild_id)
-        data: dict[str, Any] = {"custom_id": custom_id, "component_type": component_type}
+        data: dict[str, Any] = {"custom_id": custom_id, "component_type": kind}
+        if "id" in component:
+            data["id"] = component["id"]
         if values is not None:
             data["values"] = values
         payload["data"] = data
         payload["message"] = self.world.message_payload(message)
-        return await self._send_interaction(payload, custom_id, user_id, channel.guild_id, channel)
+        metadata = {"type": 3, "interacted_message_id": str(message.id)}
+        return await self._send_interaction(
+            payload, custom_id, user_id, channel.guild_id, channel, metadata=metadata
+        )
+
+    async def submit_modal(
+        self,
+        interaction: FakeInteraction,
+        values: Mapping[str, str | Sequence[str]] | None = None,
+        *,
+        user_id: int | None = None,
+    ) -> FakeInteraction:
+        """The member fills in the modal the bot answered ``interaction`` with and presses
+        Submit: a MODAL_SUBMIT interaction (type 5) as Discord sends it.
+
+        ``values`` maps an input's custom id to its text (a list of option values for a string
+        select); inputs left out keep their pre-filled value. Discord's client rules apply:
+        required inputs must be filled, lengths within min/max. Returns the new interaction,
+        whose responses the test reads.
+        """
+        await self._settle()
+        modal = interaction.modal
+        if modal is None:
+            raise LookupError(
+                f"interaction {interaction.name!r} was not answered with a modal "
+                f"(response type {interaction.response_type})"
+            )
+        submitter = interaction.user_id if user_id is None else user_id
+        if submitter != interaction.user_id:
+            raise ValueError("only the member the modal was shown to can submit it")
+        given = dict(values or {})
+        unknown = sorted(set(given) - {f.custom_id for f in modal.fields})
+        if unknown:
+            ids = [f.custom_id for f in modal.fields]
+            raise ValueError(f"modal {modal.custom_id!r} has no input(s) {unknown} (has {ids})")
+        channel = self._channel(interaction.channel_id)
+        payload = self._interaction_base(5, channel, submitter, interaction.guild_id)
+        payload["data"] = {
+            "custom_id": modal.custom_id,
+            "components": _modal_submit_components(modal, given),
+        }
+        opened_on = interaction.payload.get("message")
+        if opened_on is not None:
+            # A modal opened from a button carries that message as it is now.
+            current = self.world.messages.get(int(opened_on["id"]))
+            payload["message"] = (
+                self.world.message_payload(current)
+                if current is not None and not current.deleted
+                else opened_on
+            )
+        metadata = {"type": 5, "triggering_interaction_id": interaction.id}
+        return await self._send_interaction(
+            payload, modal.custom_id, submitter, interaction.guild_id, channel, metadata=metadata
+        )
+
+    async def invoke_message_command(
+        self,
+        name: str,
+        message_id: int,
+        *,
+        user_id: int,
+        guild_id: int | None = None,
+        channel_id: int | None = None,
+    ) -> FakeInteraction:
+        """Right-click a message → Apps → ``name``: a message context menu command (type 3)
+        with ``data.target_id`` and the message in ``data.resolved.messages``. The guild and
+        channel default to the message's own (they must match it when given)."""
+        await self._settle()
+        message = self.world.messages.get(message_id)
+        if message is None or message.deleted:
+            raise LookupError(f"no message {message_id}")
+        if message.ephemeral and self.world.interaction_users.get(
+            message.interaction_id or 0
+        ) not in (None, user_id):
+            raise LookupError(f"user {user_id} cannot see ephemeral message {message_id}")
+        if channel_id is not None and channel_id != message.channel_id:
+            raise ValueError(f"message {message_id} is in channel {message.channel_id}")
+        channel_id = message.channel_id
+        if guild_id is None:
+            guild_id = message.guild_id
+        channel = self._interaction_channel(channel_id, guild_id, user_id)
+        command = self._find_command(name, guild_id, kind=3)
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": command["name"],
+            "type": 3,
+            "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): self.world.message_payload(message)}},
+        }
+        if "guild_id" in command:
+            data["guild_id"] = command["guild_id"]
+        payload = self._interaction_base(2, channel, user_id, guild_id)
+        payload["data"] = data
+        metadata = {"type": 2, "target_message_id": str(message.id)}
+        return await self._send_interaction(
+            payload, name, user_id, guild_id, channel, metadata=metadata
+        )
+
+    async def invoke_user_command(
+        self,
+        name: str,
+        target_user_id: int,
+        *,
+        user_id: int,
+        guild_id: int | None,
+        channel_id: int,
+    ) -> FakeInteraction:
+        """Right-click a member → Apps → ``name``: a user context menu command (type 2)."""
+        await self._settle()
+        channel = self._interaction_channel(channel_id, guild_id, user_id)
+        command = self._find_command(name, guild_id, kind=2)
+        target = self.world.user(target_user_id)
+        resolved: dict[str, Any] = {"users": {str(target.id): self.world.user_payload(target)}}
+        if guild_id is not None:
+            self.world.ensure_member(guild_id, target.id)
+            member = self.world.member_payload(
+                self.world.guild(guild_id), target.id, with_user=False
+            )
+            member["permissions"] = str(self.world.member_permissions(channel, target.id))
+            resolved["members"] = {str(target.id): member}
+        data: dict[str, Any] = {
+            "id": command["id"],
+            "name": command["name"],
+            "type": 2,
+            "target_id": str(target.id),
+            "resolved": resolved,
+        }
+        if "guild_id" in command:
+            data["guild_id"] = command["guild_id"]
+        payload = self._interaction_base(2, channel, user_id, guild_id)
+        payload["data"] = data
+        metadata = {"type": 2, "target_user": self.world.user_payload(target)}
+        return await self._send_interaction(
+            payload, name, user_id, guild_id, channel, metadata=metadata
+        )
 
     async def post_user_message(
-        self, channel_id: int, user_id: int, content: str, *, reply_to: int | None = None
+        self,
+        channel_id: int,
+        user_id: int,
+        content: str = "",
+        *,
+        reply_to: int | None = None,
+        files: Sequence[tuple[str, bytes]] = (),
     ) -> FakeMessage:
-        """A user posts a message (dispatched as MESSAGE_CREATE)."""
+        """A user posts a message, with ``files`` as (filename, bytes) attachments served from
+        the CDN (dispatched as MESSAGE_CREATE)."""
         await self._settle()
         channel = self._channel(channel_id)
+        if not content and not files:
+            raise ValueError("a message needs content or files")
         if channel.guild_id is not None:
             self.world.ensure_member(channel.guild_id, user_id)
         reference = None
@@ -400,7 +580,16 @@ class FakeDiscord:
             author_id=user_id,
             content=content,
             embeds=[],
-            attachments=[],
+            attachments=[
+                self.world.store_attachment(
+                    data,
+                    filename,
+                    None,
+                    cdn_base_url=self.cdn_base_url,
+                    folder=f"attachments/{channel.id}",
+                )
+                for filename, data in files
+            ],
             components=[],
             flags=0,
             nonce=None,
@@ -689,6 +878,22 @@ class FakeDiscord:
             )
         return payload
 
+    def _find_command(self, name: str, guild_id: int | None, *, kind: int) -> dict[str, Any]:
+        commands = self.world.commands
+        command = commands.find(name, guild_id, kind)
+        if command is None:
+            label = {1: "/", 2: "user menu ", 3: "message menu "}[kind]
+
+            def names(found: list[dict[str, Any]]) -> list[str]:
+                return [c["name"] for c in found if c["type"] == kind]
+
+            raise LookupError(
+                f"{label}{name!r} was never synced (global: {names(commands.global_commands)}, "
+                f"guild {guild_id}: {names(commands.guild_commands.get(guild_id or 0, []))}); "
+                "did the bot call tree.sync()?"
+            )
+        return command
+
     async def _send_interaction(
         self,
         payload: dict[str, Any],
@@ -696,6 +901,8 @@ class FakeDiscord:
         user_id: int,
         guild_id: int | None,
         channel: FakeChannel,
+        *,
+        metadata: dict[str, Any] | None = None,
     ) -> FakeInteraction:
         await self.gateway.wait_until_live(within=10.0)
         interaction = FakeInteraction(
@@ -713,6 +920,7 @@ class FakeDiscord:
         self.interactions_by_id[interaction.id] = interaction
         self.interactions_by_token[interaction.token] = interaction
         self.world.interaction_users[interaction.id] = user_id
+        self.world.interaction_metadata[interaction.id] = metadata or {"type": 2}
         interaction.sent_at = time.monotonic()
         delivered = await self.gateway.dispatch("INTERACTION_CREATE", payload)
         if not delivered:
@@ -848,10 +1056,99 @@ class FakeDiscord:
         if attachment is None or attachment.filename != parts[2]:
             record.status = 404
             return web.Response(status=404, text="Not Found")
+        if attachment.removed or not self.world.cdn_link_valid(path, dict(request.query)):
+            # Discord's answer to an expired or unsigned link, or a deleted file.
+            record.status = 404
+            return web.Response(status=404, text="This content is no longer available.")
         record.status = 200
         return web.Response(
             body=attachment.data, content_type=attachment.content_type or "application/octet-stream"
         )
+
+
+def _walk_components(components: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every component of a message, depth first: action rows' children, sections'
+    accessories and containers' contents (components v2)."""
+    for component in components:
+        if not isinstance(component, dict):
+            continue
+        yield component
+        children = list(component.get("components") or [])
+        for key in ("accessory", "component"):
+            if isinstance(component.get(key), dict):
+                children.append(component[key])
+        yield from _walk_components(children)
+
+
+def _find_component(components: list[dict[str, Any]], custom_id: str) -> dict[str, Any] | None:
+    for component in _walk_components(components):
+        if component.get("custom_id") == custom_id and component.get("type") in (2, 3, 5, 6, 7, 8):
+            return component
+    return None
+
+
+def _check_select_values(component: dict[str, Any], values: list[str]) -> list[str]:
+    low = int(component.get("min_values", 1))
+    high = int(component.get("max_values", 1))
+    if not low <= len(values) <= high:
+        raise ValueError(f"choose between {low} and {high} values, got {values}")
+    if component["type"] == 3:
+        offered = {str(o.get("value")) for o in component.get("options") or []}
+        missing = [v for v in values if v not in offered]
+        if missing:
+            raise ValueError(f"{missing} are not options of {component['custom_id']!r}")
+    return values
+
+
+def _modal_submit_components(
+    modal: FakeModal, given: dict[str, str | Sequence[str]]
+) -> list[dict[str, Any]]:
+    """``data.components`` of a modal submit, in the layout the bot sent: an action row or a
+    label around each input, with ``value`` (or ``values``) and Discord's numeric ids."""
+    fields = {f.custom_id: f for f in modal.fields}
+    next_id = iter(range(1, 1000))
+    out: list[dict[str, Any]] = []
+    for top in modal.components:
+        top_id = top.get("id") or next(next_id)
+        if top["type"] == 10:
+            out.append({"type": 10, "id": top_id})
+            continue
+        child = top["components"][0] if top["type"] == 1 else top["component"]
+        answer = _field_answer(fields[child["custom_id"]], given.get(child["custom_id"]))
+        answer["id"] = child.get("id") or next(next_id)
+        if top["type"] == 1:
+            out.append({"type": 1, "id": top_id, "components": [answer]})
+        else:
+            out.append({"type": 18, "id": top_id, "component": answer})
+    return out
+
+
+def _field_answer(field: ModalField, value: str | Sequence[str] | None) -> dict[str, Any]:
+    if field.type == 4:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"text input {field.custom_id!r} takes a str, got {value!r}")
+        text = value if value is not None else (field.value or "")
+        if field.required and not text:
+            raise ValueError(f"{field.custom_id!r} is required: Discord will not submit it empty")
+        low = field.min_length or 0
+        high = field.max_length or 4000
+        if text and not low <= len(text) <= high:
+            raise ValueError(
+                f"{field.custom_id!r} takes {low} to {high} characters, got {len(text)}"
+            )
+        return {"type": 4, "custom_id": field.custom_id, "value": text}
+    if field.type != 3:
+        raise NotImplementedError(
+            f"the fake submits text inputs and string selects, not type {field.type}"
+        )
+    chosen = [value] if isinstance(value, str) else list(value or [])
+    low = field.min_values if field.required else 0
+    if not low <= len(chosen) <= field.max_values:
+        raise ValueError(f"{field.custom_id!r}: choose {low} to {field.max_values}, got {chosen}")
+    missing = [v for v in chosen if v not in field.options]
+    if missing:
+        raise ValueError(f"{missing} are not options of {field.custom_id!r}")
+    return {"type": 3, "custom_id": field.custom_id, "values": chosen}
 
 
 def _failure_response(rule: FailureRule) -> web.Response:

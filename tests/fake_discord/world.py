@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from .media import guess_content_type, image_size
 from .models import (
@@ -138,15 +142,16 @@ class CommandRegistry:
         """The commands of one scope."""
         return list(self._scope(guild_id).values())
 
-    def find(self, name: str, guild_id: int | None) -> dict[str, Any] | None:
-        """A chat-input command by name: the guild's own first, then global."""
+    def find(self, name: str, guild_id: int | None, kind: int = 1) -> dict[str, Any] | None:
+        """A command of that type (1 slash, 2 user menu, 3 message menu) by name: the guild's
+        own first, then global."""
         scopes: list[dict[int, dict[str, Any]]] = []
         if guild_id is not None and guild_id in self._guild:
             scopes.append(self._guild[guild_id])
         scopes.append(self._global)
         for scope in scopes:
             for command in scope.values():
-                if command["name"] == name and command["type"] == 1:
+                if command["name"] == name and command["type"] == kind:
                     return command
         return None
 
@@ -169,6 +174,13 @@ class World:
         self.verify_key = secrets.token_hex(32)
         self.interaction_users: dict[int, int] = {}
         """Interaction id -> invoking user id (for interaction_metadata on its messages)."""
+        self.interaction_metadata: dict[int, dict[str, Any]] = {}
+        """Interaction id -> the type-specific part of interaction_metadata (type, target...)."""
+        self.cdn_url_lifetime = 24 * 3600.0
+        """Seconds a signed attachment link works (Discord: about a day)."""
+        self.cdn_generation = 0
+        """Bumped by ``expire_cdn_urls``: every link signed before stops working."""
+        self._cdn_secret = secrets.token_bytes(32)
 
     # ----- lookups -----
 
@@ -234,17 +246,71 @@ class World:
 
     def member_permissions(self, channel: FakeChannel, user_id: int | None = None) -> int:
         """A member's computed permissions in the channel, as interactions carry them
-        (``user_id`` None: an ordinary member with no roles). The fake has no channel
-        overwrites for members, so only Discord's implicit denies apply, and Administrator
-        (or owning the server) overrides even those."""
+        (``user_id`` None: an ordinary member with no roles): server permissions, then the
+        channel's overwrites in Discord's order (@everyone, the member's roles together, the
+        member), then the implicit denies. Administrator (or owning the server) overrides all of
+        it; threads use their parent's overwrites."""
         if channel.type == DM:
             return DM_PERMISSIONS
-        raw = MEMBER_PERMISSIONS
-        if user_id is not None and channel.guild_id is not None:
-            raw = self.guild_permissions(self.guild(channel.guild_id), user_id)
+        if channel.guild_id is None:
+            return implicit_permissions(MEMBER_PERMISSIONS, thread=channel.is_thread)
+        guild = self.guild(channel.guild_id)
+        raw = MEMBER_PERMISSIONS if user_id is None else self.guild_permissions(guild, user_id)
         if raw == ALL_PERMISSIONS:
             return raw
+        overwrites = self.text_channel_of(channel).overwrites
+        allow, deny = overwrites.get(guild.id, (0, 0))
+        raw = (raw & ~deny) | allow
+        roles_allow = roles_deny = 0
+        for role_id in guild.member_roles.get(user_id, []) if user_id is not None else []:
+            role_allow, role_deny = overwrites.get(role_id, (0, 0))
+            roles_allow |= role_allow
+            roles_deny |= role_deny
+        raw = (raw & ~roles_deny) | roles_allow
+        if user_id is not None:
+            allow, deny = overwrites.get(user_id, (0, 0))
+            raw = (raw & ~deny) | allow
         return implicit_permissions(raw, thread=channel.is_thread)
+
+    def set_overwrite(self, channel: FakeChannel, target_id: int, allow: int, deny: int) -> None:
+        """Set (or with allow = deny = 0, remove) a channel overwrite for a role, @everyone
+        (the guild's id) or a member."""
+        if channel.guild_id is None or channel.is_thread:
+            raise ValueError("overwrites are set on guild text channels (threads inherit them)")
+        if target_id == self.bot.id:
+            raise ValueError("the bot's permissions are set with set_bot_permissions")
+        guild = self.guild(channel.guild_id)
+        if target_id != guild.id and target_id not in guild.roles:
+            self.user(target_id)
+            self.ensure_member(guild.id, target_id)
+        if allow & deny:
+            raise ValueError("a permission cannot be both allowed and denied")
+        if allow or deny:
+            channel.overwrites[target_id] = (allow, deny)
+        else:
+            channel.overwrites.pop(target_id, None)
+
+    # ----- CDN links -----
+
+    def _cdn_signature(self, path: str, expires: int, issued: int) -> str:
+        message = f"{path}|{expires:x}|{issued:x}|{self.cdn_generation}".encode()
+        return hmac.new(self._cdn_secret, message, hashlib.sha256).hexdigest()
+
+    def sign_cdn_url(self, url: str) -> str:
+        """``url`` with Discord's ``ex`` (expiry), ``is`` (issued) and ``hm`` (signature)."""
+        issued = int(time.time())
+        expires = issued + max(1, int(self.cdn_url_lifetime))
+        signature = self._cdn_signature(urlsplit(url).path, expires, issued)
+        return f"{url}?ex={expires:x}&is={issued:x}&hm={signature}&"
+
+    def cdn_link_valid(self, path: str, query: dict[str, str]) -> bool:
+        """Whether a CDN request carries a signature of ours that has not expired."""
+        try:
+            expires, issued = int(query["ex"], 16), int(query["is"], 16)
+        except (KeyError, ValueError):
+            return False
+        expected = self._cdn_signature(path, expires, issued)
+        return hmac.compare_digest(expected, query.get("hm", "")) and time.time() < expires
 
     def upload_limit(self, channel: FakeChannel) -> int:
         """Maximum total upload size for a message there."""
@@ -331,6 +397,8 @@ class World:
         for held in guild.member_roles.values():
             if role_id in held:
                 held.remove(role_id)
+        for channel in self.channels.values():
+            channel.overwrites.pop(role_id, None)
         return role
 
     def add_text_channel(self, guild_id: int, name: str, bot_permissions: int) -> FakeChannel:
@@ -414,6 +482,7 @@ class World:
             width=size[0] if size else None,
             height=size[1] if size else None,
             ephemeral=ephemeral,
+            sign=self.sign_cdn_url,
         )
         self.attachments[attachment_id] = attachment
         return attachment
@@ -513,8 +582,20 @@ class World:
                 "flags": 0,
             }
         overwrites = []
+        for target_id, (allow, deny) in channel.overwrites.items():
+            kind = 0 if target_id == channel.guild_id or self.find_role(target_id) else 1
+            overwrites.append(
+                {"id": str(target_id), "type": kind, "allow": str(allow), "deny": str(deny)}
+            )
+        # The bot's own overwrite comes last in Discord's order, so it fixes every bit the
+        # others could change (an @everyone deny must not take away what the test gave it).
+        changeable = MEMBER_PERMISSIONS
+        for allow, deny in channel.overwrites.values():
+            changeable |= allow | deny
         allow = channel.bot_permissions & ~MEMBER_PERMISSIONS
-        deny = MEMBER_PERMISSIONS & ~channel.bot_permissions
+        deny = changeable & ~channel.bot_permissions
+        if channel.overwrites:
+            allow = channel.bot_permissions
         if allow or deny:
             overwrites.append(
                 {"id": str(self.bot.id), "type": 1, "allow": str(allow), "deny": str(deny)}
@@ -642,6 +723,24 @@ class World:
         )
         return payload
 
+    def interaction_metadata_payload(self, interaction_id: int) -> dict[str, Any]:
+        """interaction_metadata for a message answering that interaction (a modal submit's
+        carries the metadata of the interaction that opened the modal)."""
+        user_id = self.interaction_users.get(interaction_id, self.bot.id)
+        extra = dict(self.interaction_metadata.get(interaction_id, {"type": 2}))
+        trigger = extra.pop("triggering_interaction_id", None)
+        payload: dict[str, Any] = {
+            "id": str(interaction_id),
+            "user": self.user_payload(self.user(user_id)),
+            "authorizing_integration_owners": {},
+            **extra,
+        }
+        if trigger is not None:
+            payload["triggering_interaction_metadata"] = self.interaction_metadata_payload(
+                int(trigger)
+            )
+        return payload
+
     def message_payload(self, message: FakeMessage, *, gateway: bool = False) -> dict[str, Any]:
         """A message object (``gateway``: with guild_id and the author's member, as dispatched)."""
         author = self.user(message.author_id)
@@ -685,15 +784,10 @@ class World:
             payload["webhook_id"] = str(message.webhook_id)
             payload["application_id"] = str(self.application_id)
         if message.interaction_id is not None:
-            payload["type"] = 20
-            payload["interaction_metadata"] = {
-                "id": str(message.interaction_id),
-                "type": 2,
-                "user": self.user_payload(
-                    self.user(self.interaction_users.get(message.interaction_id, self.bot.id))
-                ),
-                "authorizing_integration_owners": {},
-            }
+            metadata = self.interaction_metadata_payload(message.interaction_id)
+            # 23: a reply to a context menu command; 20 to the others.
+            payload["type"] = 23 if metadata.get("target_message_id") else 20
+            payload["interaction_metadata"] = metadata
         if message.message_reference is not None:
             payload["message_reference"] = message.message_reference
             payload["type"] = 19
