@@ -76,7 +76,9 @@ class TimedDelivery:
         self.delivered_at[job.id] = self.clock.seconds()
         return job.id
 
-    async def post_video(self, job: Job, video: DownloadedVideo) -> int:
+    async def post_video(
+        self, job: Job, video: DownloadedVideo, *, note: str | None = None, link: str | None = None
+    ) -> int:
         return self._delivered(job)
 
     async def post_link(self, job: Job, url: str, reason: str) -> int:

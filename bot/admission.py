@@ -17,7 +17,7 @@ from typing import Any
 from bot.catalog import ModelSpec
 from bot.config import Settings
 from bot.errors import InputRejected, ProviderCreditsError
-from bot.guild_settings import GuildConfig, GuildSettings
+from bot.guild_settings import GuildConfig, GuildSettings, ServerPaused
 from bot.jobs import Job
 from bot.service import AnimateRequest, Clock, Conversation, JobService
 from bot.spending import LimitStatus, Spending, format_usd
@@ -28,14 +28,6 @@ log = logging.getLogger(__name__)
 # already paid for keep polling). Long enough not to hammer an empty account, short enough that
 # a top-up is noticed soon.
 CREDITS_PAUSE_SECONDS = 15 * 60
-
-
-class ServerPaused(InputRejected):
-    def __init__(self) -> None:
-        super().__init__(
-            "This server's admins have paused /animate for now. Videos already started will "
-            "still arrive."
-        )
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,10 @@ class Settings:
     # its worker's lease ran out: the provider has no idempotency key, so it may be paid twice.
     submit_in_flight_grace_seconds: float = 120.0
     max_concurrent_deliveries: int = 4
+    # Each job's fitted picture is kept this long for the result buttons (Again, Edit prompt).
+    image_retention_days: float = 30.0
+    # How many times a clip may be extended (the chain then has MAX_EXTENDS + 1 clips).
+    max_extends: int = 3
     # A download that has not finished by then (a stalled CDN) is given up and linked instead.
     download_timeout_seconds: float = 300.0
     max_active_jobs_per_user: int = 3
@@ -153,6 +157,10 @@ class Settings:
                 cls.submit_in_flight_grace_seconds,
                 _positive_float,
             ),
+            "image_retention_days": reader.get(
+                "IMAGE_RETENTION_DAYS", cls.image_retention_days, _positive_float
+            ),
+            "max_extends": reader.get("MAX_EXTENDS", cls.max_extends, _positive_int),
             "max_concurrent_deliveries": reader.get(
                 "MAX_CONCURRENT_DELIVERIES", cls.max_concurrent_deliveries, _positive_int
             ),

@@ -25,7 +25,7 @@ from bot.store import JobStore
 log = logging.getLogger(__name__)
 
 # Explicit, so a typo fails loudly instead of running a bot without its command.
-EXTENSIONS = ("cogs.animate", "cogs.admin", "cogs.jobs")
+EXTENSIONS = ("cogs.animate", "cogs.results", "cogs.admin", "cogs.jobs")
 COMMANDS_FINGERPRINT_KEY = "global_commands_fingerprint"
 
 

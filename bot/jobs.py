@@ -35,6 +35,7 @@ class Outcome(enum.StrEnum):
     VIDEO = "video"
     FAILED = "failed"
     TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class NewJob:
     thread_id: int | None = None
     status_message_id: int | None = None
     interaction_id: int | None = None
+    parent_job_id: int | None = None
+    chain_length: int = 1
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,13 @@ class Job:
     """What happened while posting (the thread was gone, posted elsewhere), for the status."""
     delivery_target: str | None = None
     """None: the thread or channel; "channel": the thread is gone; "dm": the channel is too."""
+    parent_job_id: int | None = None
+    """The job this one extends: its last frame is this job's first."""
+    chain_length: int = 1
+    """Clips in the chain up to and including this one (1 for a plain job)."""
+    joined_message_id: int | None = None
+    """The message with the chain's clips joined into one video."""
+    cancelled_by: int | None = None
 
     @property
     def delivery_channel_id(self) -> int:

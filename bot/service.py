@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import math
 import random
@@ -20,7 +21,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
+
+from PIL import Image
 
 from bot.catalog import CATALOG, ModelSpec
 from bot.config import Settings
@@ -100,8 +103,12 @@ class Delivery(Protocol):
     async def find_delivered(self, job: Job) -> int | None:
         """The id of a result message already posted for this job (after a crash), else None."""
 
-    async def post_video(self, job: Job, video: DownloadedVideo) -> int:
-        """Upload the mp4; return the message id. Raise UploadRejected if it is too large."""
+    async def post_video(
+        self, job: Job, video: DownloadedVideo, *, note: str | None = None, link: str | None = None
+    ) -> int:
+        """Upload the mp4; return the message id. Raise UploadRejected if it is too large.
+
+        `note` and `link` (the provider's original) accompany a re-encoded video."""
 
     async def post_link(self, job: Job, url: str, reason: str) -> int:
         """Post the provider's link instead of the file, saying why."""
@@ -130,6 +137,12 @@ class AnimateRequest:
     orientation: OrientationChoice = "auto"
     fit: FitMode = "crop"
     interaction_id: int | None = None
+    parent_job_id: int | None = None
+    """Extend: the job whose last frame is `image`."""
+    chain_length: int = 1
+    already_fitted: bool = False
+    """`image` is a frame this bot fitted before (Again, Edit prompt): used as it is when it
+    already has the preset's size, so repeated Agains never lose quality to re-encoding."""
 
 
 @dataclass(frozen=True)
@@ -249,6 +262,9 @@ class JobService:
         self._deliveries: dict[int, asyncio.Task[None]] = {}
         # Downloaded videos kept between delivery attempts, so a retry does not fetch again.
         self._videos: dict[int, DownloadedVideo] = {}
+        self._encoded: dict[int, DownloadedVideo] = {}
+        # Re-encoding takes both cores; one at a time keeps polling and Discord responsive.
+        self._encode_slots = asyncio.Semaphore(1)
         self._video_dir: Path | None = None
         # A poll that arrives this much after its planned time is late because of us (down,
         # backlogged); the lateness does not count against the member's timeout.
@@ -289,6 +305,13 @@ class JobService:
             prompt=request.prompt,
         )
         await self.check_quota(request.requester_id)
+        preset = spec.preset(resolution)
+        if request.already_fitted:
+            reused = await asyncio.to_thread(
+                _reuse_fitted, request.image, preset.size(_orientation_of(request.orientation))
+            )
+            if reused is not None:
+                return PreparedRequest(request, spec, duration, resolution, reused)
         # One memory budget for every fit in the process: members beyond it wait their turn.
         image = await self.fitter.fit(
             request.image,
@@ -351,6 +374,8 @@ class JobService:
                 upload_limit_bytes=req.upload_limit_bytes,
                 estimated_usd=prepared.estimated_usd,
                 interaction_id=req.interaction_id,
+                parent_job_id=req.parent_job_id,
+                chain_length=req.chain_length,
             ),
             now=now,
             # Leased to us from the start: if we crash before submitting, the loop submits it
@@ -386,6 +411,33 @@ class JobService:
         )
         if abandoned is not None:
             log.info("job %s: abandoned before submit (%s)", job.id, reason)
+
+    async def cancel(self, job_id: int, *, actor_id: int) -> Job | None:
+        """Stop a job that is waiting or generating; None when it is too late (already finished).
+
+        Before the provider has it nothing is spent (the ledger releases it); after, the bot
+        stops waiting and never posts the video, but the provider may still charge for it (the
+        ledger keeps the charge).
+        """
+        cancelled = await self.store.transition(
+            job_id,
+            from_states=[JobState.SUBMITTING, JobState.POLLING],
+            to_state=JobState.DONE,
+            now=self.clock.now(),
+            outcome=Outcome.CANCELLED,
+            cancelled_by=actor_id,
+            finished_at=self.clock.now(),
+            next_poll_at=None,
+            image_data=None,
+        )
+        if cancelled is not None:
+            log.info("job %s: cancelled by %s", job_id, actor_id)
+        return cancelled
+
+    async def forget_old_images(self) -> int:
+        """Retention: drop kept pictures older than IMAGE_RETENTION_DAYS."""
+        cutoff = self.clock.now() - timedelta(days=self.settings.image_retention_days)
+        return await self.store.forget_images(older_than=cutoff)
 
     async def set_conversation(
         self, job: Job, *, thread_id: int | None, status_message_id: int | None
@@ -488,6 +540,20 @@ class JobService:
             ),
         )
         if updated is None:
+            current = await self.store.get(job.id)
+            if current is not None and current.outcome == Outcome.CANCELLED:
+                # Cancelled while the request was out: the provider has it (and may charge), so
+                # its id is kept for the ledger, but nothing is polled or posted.
+                await self.store.transition(
+                    job.id,
+                    from_states=[JobState.DONE],
+                    now=now,
+                    provider_job_id=state.id,
+                    provider_status=state.status,
+                    submitted_at=now,
+                )
+                log.info("job %s: cancelled during submit; %s is left alone", job.id, state.id)
+                return (await self.store.get(job.id)) or current
             raise RuntimeError(f"job {job.id} left 'submitting' while being submitted")
         if state.kind != "pending":
             updated = await self._apply_state(updated, state)
@@ -965,7 +1031,8 @@ class JobService:
         if not self.provider.video_url_allowed(url):
             log.warning("job %s: the provider's video link is not on its own hosts", job.id)
             return await self._refuse_link(job, delivery, _foreign_link())
-        cap = min(self.settings.max_video_bytes, max(job.upload_limit_bytes, 1))
+        # Fetched even when over the upload limit: it may be re-encoded to fit.
+        cap = self.settings.max_video_bytes
         try:
             video = await self._fetch_video(job, url, cap)
         except VideoLinkRefused:  # a redirect led elsewhere
@@ -983,10 +1050,50 @@ class JobService:
             return await delivery.post_link(
                 job, url, "The bot could not fetch the file, so here is the provider's link."
             )
-        try:
-            return await delivery.post_video(job, video)
-        except UploadRejected:
-            return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
+        limit = max(job.upload_limit_bytes, 1)
+        if video.size <= limit:
+            try:
+                return await delivery.post_video(job, video)
+            except UploadRejected:
+                pass  # Discord counted differently: try a smaller encode
+        fitted = await self._fit_to_limit(job, video, limit)
+        if fitted is not None:
+            note = (
+                f"Re-encoded to fit this server's {limit / 1_048_576:.0f} MB upload limit; "
+                "the original is linked."
+            )
+            try:
+                return await delivery.post_video(job, fitted, note=note, link=url)
+            except UploadRejected:
+                log.warning("job %s: the re-encoded video was refused too", job.id)
+        return await delivery.post_link(job, url, _too_large_reason(job.upload_limit_bytes))
+
+    async def _fit_to_limit(
+        self, job: Job, video: DownloadedVideo, limit: int
+    ) -> DownloadedVideo | None:
+        """Re-encode (H.264 + AAC, off the event loop, one at a time) to fit `limit`; None when
+        no acceptable encode fits. Kept between delivery attempts like the download."""
+        kept = self._encoded.get(job.id)
+        if kept is not None and kept.path.exists():
+            return kept
+        from bot.video import VideoError, fit_to_size  # PyAV loads only when needed
+
+        dest = video.path.with_name(f"fitted-{job.id}.mp4")
+        # A little under the limit: Discord counts the upload, not just the file.
+        budget = int(limit * 0.97)
+        async with self._encode_slots:
+            try:
+                info = await asyncio.to_thread(fit_to_size, video.path, dest, budget)
+            except VideoError:
+                log.warning("job %s: the video could not be re-encoded", job.id)
+                return None
+        if info is None:
+            log.info("job %s: no acceptable encode fits %d bytes", job.id, budget)
+            return None
+        log.info("job %s: re-encoded %d -> %d bytes", job.id, video.size, info.size_bytes)
+        fitted = DownloadedVideo(path=dest, size=info.size_bytes, content_type="video/mp4")
+        self._encoded[job.id] = fitted
+        return fitted
 
     async def _refuse_link(self, job: Job, delivery: Delivery, exc: VideoLinkRefused) -> int:
         """A link that may point inside our network is never fetched nor shown: the job ends
@@ -1024,6 +1131,7 @@ class JobService:
 
     async def _forget_video(self, job_id: int) -> None:
         self._videos.pop(job_id, None)
+        self._encoded.pop(job_id, None)
         if self._video_dir is not None:
             directory = self._video_dir / f"job{job_id}"
             await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
@@ -1033,6 +1141,7 @@ class JobService:
             shutil.rmtree(self._video_dir, ignore_errors=True)
             self._video_dir = None
             self._videos.clear()
+            self._encoded.clear()
 
     async def _retry_delivery_later(self, job_id: int, delivery: Delivery) -> None:
         job = await self.store.get(job_id)
@@ -1080,6 +1189,29 @@ class JobService:
             await delivery.show_status(job)
         except Exception:
             log.warning("job %s: could not update the status message", job.id, exc_info=True)
+
+
+def _orientation_of(choice: OrientationChoice) -> Literal["landscape", "portrait"]:
+    return "portrait" if choice == "portrait" else "landscape"
+
+
+def _reuse_fitted(data: bytes, size: tuple[int, int]) -> PreparedImage | None:
+    """A JPEG this bot fitted earlier, if it already has exactly `size`; else None."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG" or image.size != size or image.mode != "RGB":
+                return None
+    except (OSError, ValueError):
+        return None
+    orientation: Literal["landscape", "portrait"] = "portrait" if size[1] > size[0] else "landscape"
+    return PreparedImage(
+        jpeg=data,
+        width=size[0],
+        height=size[1],
+        orientation=orientation,
+        source_format="JPEG",
+        source_size=size,
+    )
 
 
 def _foreign_link() -> VideoLinkRefused:

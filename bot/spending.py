@@ -450,7 +450,8 @@ class Spending:
                 done = await self.release(
                     reservation_id, now=now, note="never reached the provider"
                 )
-            elif outcome != Outcome.VIDEO and refund_failed_jobs:
+            elif outcome not in (Outcome.VIDEO, Outcome.CANCELLED) and refund_failed_jobs:
+                # (A job cancelled after the provider had it may still be charged: kept.)
                 done = await self.release(reservation_id, now=now, note=f"refund: {outcome}")
             else:
                 done = await self.settle(reservation_id, cost_usd, now=now, note=str(outcome))

@@ -162,9 +162,24 @@ jobs = sa.Table(
     sa.Column("waited_seconds", sa.Double(), nullable=False, server_default="0"),
     sa.Column("delivery_note", sa.Text(), nullable=True),
     sa.Column("delivery_target", sa.Text(), nullable=True),
+    sa.Column("parent_job_id", sa.BigInteger(), nullable=True),
+    sa.Column("chain_length", sa.Integer(), nullable=False, server_default="1"),
+    sa.Column("joined_message_id", sa.BigInteger(), nullable=True),
+    sa.Column("cancelled_by", sa.BigInteger(), nullable=True),
     # The loop's hot queries: due polls by time, and the per-user quota.
     sa.Index("ix_jobs_state_next_poll_at", "state", "next_poll_at"),
     sa.Index("ix_jobs_requester_id_state", "requester_id", "state"),
+)
+
+# The fitted picture of every job, kept for the result buttons (Again, Edit prompt) for
+# IMAGE_RETENTION_DAYS; apart from `jobs` so the hot queries never carry picture bytes.
+job_images = sa.Table(
+    "job_images",
+    metadata,
+    sa.Column("job_id", _ID, primary_key=True),
+    sa.Column("image_data", sa.LargeBinary(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_job_images_created_at", "created_at"),
 )
 
 # Small key/value settings that must survive restarts (e.g. the slash-command fingerprint).
@@ -378,13 +393,35 @@ class JobStore:
         insert = jobs.insert().values(values)
         async with self._write.begin() as session:
             if self._returning:
-                return _row_to_job((await session.execute(insert.returning(*_JOB_COLUMNS))).one())
-            connection = await session.connection()
-            inserted = (await connection.execute(insert)).inserted_primary_key
-            job = await self._select_one(session, inserted[0] if inserted else None)
-        if job is None:
-            raise RuntimeError("the inserted job could not be read back")
+                job: Job | None = _row_to_job(
+                    (await session.execute(insert.returning(*_JOB_COLUMNS))).one()
+                )
+            else:
+                connection = await session.connection()
+                inserted = (await connection.execute(insert)).inserted_primary_key
+                job = await self._select_one(session, inserted[0] if inserted else None)
+            if job is None:
+                raise RuntimeError("the inserted job could not be read back")
+            # Kept for the result buttons (Again, Edit prompt) after the job's own copy is gone.
+            await session.execute(
+                job_images.insert().values(job_id=job.id, image_data=new.image_data, created_at=now)
+            )
         return job
+
+    async def kept_image(self, job_id: int) -> bytes | None:
+        """The job's fitted picture, or None once retention removed it."""
+        query = sa.select(job_images.c.image_data).where(job_images.c.job_id == job_id)
+        async with self._read() as session:
+            value = (await session.execute(query)).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    async def forget_images(self, *, older_than: datetime) -> int:
+        """Remove kept pictures recorded before `older_than`; returns how many."""
+        cutoff = require_aware(older_than, "older_than")
+        statement = job_images.delete().where(job_images.c.created_at < cutoff)
+        async with self._write.begin() as session:
+            result = await session.execute(statement)
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def get(self, job_id: int) -> Job | None:
         async with self._read() as session:

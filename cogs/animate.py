@@ -27,6 +27,7 @@ from bot.service import AnimateRequest, Conversation, JobService
 from bot.spending import format_usd
 from cogs.audit import post_audit, post_audit_everywhere
 from cogs.delivery import DiscordDelivery, first_frame_file, status_embed, thread_name
+from cogs.results import status_view
 
 if TYPE_CHECKING:
     from bot.discord_bot import AnimateBot
@@ -219,34 +220,51 @@ class Animate(commands.Cog):
     ) -> None:
         # Acknowledge first: Discord allows 3 s, and downloading a photo can take longer.
         await interaction.response.defer(ephemeral=True, thinking=True)
-        in_thread = isinstance(interaction.channel, discord.Thread)
-        if interaction.guild_id is not None:
-            needed = NEEDED_IN_THREADS if in_thread else NEEDED_EVERYWHERE
-            missing = _missing(interaction.app_permissions, needed)
-            if missing:
-                raise MissingPermissions(missing)
-        requester = _requester(interaction)
-        quote = await self.admission.quote(
-            requester, prompt=prompt, model=model, duration=duration, resolution=resolution
-        )
-        await self.service.check_quota(interaction.user.id)
         params = _Params(
             image=image,
             prompt=prompt,
             orientation=cast("OrientationChoice", orientation),  # Discord sends only choices
             fit=cast("FitMode", fit),
         )
+        await self.begin(interaction, params, model=model, duration=duration, resolution=resolution)
+
+    async def begin(
+        self,
+        interaction: discord.Interaction[AnimateBot],
+        params: _Params,
+        *,
+        model: str | None,
+        duration: int | None,
+        resolution: str | None,
+        note: str = "",
+    ) -> None:
+        """Every way of starting a job (command, buttons, modals, context menu) after it has
+        acknowledged the interaction privately: checks, quote, confirm if costly, then admit."""
+        self._check_permissions(interaction)
+        requester = _requester(interaction)
+        quote = await self.admission.quote(
+            requester, prompt=params.prompt, model=model, duration=duration, resolution=resolution
+        )
+        await self.service.check_quota(interaction.user.id)
         if not quote.needs_confirmation:
             text = await self._admit(interaction, requester, quote, params)
-            await interaction.followup.send(text, ephemeral=True)
+            await interaction.followup.send(f"{note}{text}", ephemeral=True)
             return
         view = ConfirmView(self, interaction, requester, quote, params)
         prompt_text = (
-            f"This video will cost about **{format_usd(quote.estimate_usd or 0.0)}** "
+            f"{note}This video will cost about **{format_usd(quote.estimate_usd or 0.0)}** "
             f"({quote.spec.label}, {quote.resolution}, {quote.duration} s). "
             f"{quote.left_line()} Nothing is spent until you press Generate."
         ).strip()
         await interaction.followup.send(prompt_text, view=view, ephemeral=True)
+
+    def _check_permissions(self, interaction: discord.Interaction[AnimateBot]) -> None:
+        in_thread = isinstance(interaction.channel, discord.Thread)
+        if interaction.guild_id is not None:
+            needed = NEEDED_IN_THREADS if in_thread else NEEDED_EVERYWHERE
+            missing = _missing(interaction.app_permissions, needed)
+            if missing:
+                raise MissingPermissions(missing)
 
     async def _admit(
         self,
@@ -257,7 +275,11 @@ class Animate(commands.Cog):
     ) -> str:
         """Spend and start: the one path every way of starting a job ends in. Returns the
         private reply ("Started! …")."""
-        data = await self._read_image(params.image)
+        data = (
+            params.image
+            if isinstance(params.image, bytes)
+            else await self._read_image(params.image)
+        )
         request = AnimateRequest(
             image=data,
             prompt=params.prompt,
@@ -268,6 +290,9 @@ class Animate(commands.Cog):
             orientation=params.orientation,
             fit=params.fit,
             interaction_id=interaction.id,
+            parent_job_id=params.parent_job_id,
+            chain_length=params.chain_length,
+            already_fitted=params.already_fitted,
         )
         announced: list[str] = []
 
@@ -334,6 +359,7 @@ class Animate(commands.Cog):
             note or "",
             embed=status_embed(job),
             file=first_frame_file(job.image_data or b""),
+            view=status_view(job),
             allowed_mentions=discord.AllowedMentions.none(),
         )
         if isinstance(channel, discord.Thread):
@@ -420,10 +446,14 @@ class Animate(commands.Cog):
 class _Params:
     """What the member chose that the quote does not cover."""
 
-    image: discord.Attachment
+    image: discord.Attachment | bytes
+    """An attachment to read, or a picture already at hand (a kept one, an Extend frame)."""
     prompt: str
     orientation: OrientationChoice
     fit: FitMode
+    parent_job_id: int | None = None
+    chain_length: int = 1
+    already_fitted: bool = False
 
 
 def _requester(interaction: discord.Interaction[AnimateBot]) -> Requester:

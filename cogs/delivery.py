@@ -10,6 +10,7 @@ import io
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import Any
 
 import discord
 
@@ -17,6 +18,7 @@ from bot.catalog import CATALOG
 from bot.jobs import Job, JobState, Outcome
 from bot.provider import DownloadedVideo
 from bot.service import DestinationGone, UploadRejected
+from cogs.results import result_view, status_view
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,7 @@ _COLOURS = {
     "posting": discord.Colour.blurple(),
     "done": discord.Colour.green(),
     "failed": discord.Colour.red(),
+    "cancelled": discord.Colour.dark_grey(),
 }
 _TITLES = {
     "queued": "⏳ Queued",
@@ -35,11 +38,14 @@ _TITLES = {
     "posting": "📤 Posting the video",
     "done": "✅ Done",
     "failed": "⚠️ No video this time",
+    "cancelled": "✖️ Cancelled",
 }
 
 
 def phase(job: Job) -> str:
     """The one word a user sees for where the job is."""
+    if job.outcome == Outcome.CANCELLED:
+        return "cancelled"
     if job.outcome is not None and job.outcome != Outcome.VIDEO:
         return "failed"
     if job.state == JobState.DONE:
@@ -95,6 +101,14 @@ def status_embed(job: Job) -> discord.Embed:
         )
         if job.result_url is not None:
             _add_link(embed, job.result_url)
+    elif current == "cancelled":
+        who = f"<@{job.cancelled_by}>" if job.cancelled_by is not None else "a member"
+        charge = (
+            "The video service already had it, so it may still be charged."
+            if job.provider_job_id is not None
+            else "It was never sent, so nothing was spent."
+        )
+        embed.add_field(name="Status", value=f"Cancelled by {who}. {charge}", inline=False)
     if job.delivery_note:
         embed.add_field(name="Note", value=_clip(job.delivery_note, 1000), inline=False)
     embed.set_thumbnail(url=f"attachment://{FIRST_FRAME_FILENAME}")
@@ -149,13 +163,11 @@ def result_embed(job: Job, *, extra: str | None = None, link: str | None = None)
     return embed
 
 
-def link_button(url: str) -> discord.ui.View | None:
+def link_item(url: str) -> discord.ui.Button[Any] | None:
     """A button that opens the video, where Discord allows one (URLs up to 512 characters)."""
     if len(url) > BUTTON_URL_LIMIT:
         return None
-    view = discord.ui.View(timeout=None)
-    view.add_item(discord.ui.Button(label="Open the video", url=url))
-    return view
+    return discord.ui.Button(label="Open the video", url=url)
 
 
 def jump_url(job: Job) -> str | None:
@@ -204,7 +216,8 @@ class DiscordDelivery:
         if job.status_message_id is None:
             return
         message = self._channel(job.channel_id).get_partial_message(job.status_message_id)
-        await message.edit(embed=status_embed(job))
+        # Cancel stays while the job waits or generates; it goes once it is past that.
+        await message.edit(embed=status_embed(job), view=status_view(job))
 
     async def find_delivered(self, job: Job) -> int | None:
         me = self.client.user
@@ -231,25 +244,29 @@ class DiscordDelivery:
         content: str,
         embed: discord.Embed,
         file: discord.File | None = None,
-        view: discord.ui.View | None = None,
+        link: str | None = None,
     ) -> int:
         destination = await self._destination(job)
         # Discord drops a second message with the same nonce (enforce_nonce), a second guard
         # against double posting besides the claim in the store.
         nonce = f"animate-result-{job.id}"
         mentions = requester_only(job)
+        # Persistent buttons (Again, Edit prompt, Extend, Delete / Try again); a link button
+        # first when the result is a link Discord allows on a button.
+        view = result_view(job, link=link_item(link) if link is not None else None)
         try:
             if file is not None:
                 message = await destination.send(
-                    content, embed=embed, file=file, allowed_mentions=mentions, nonce=nonce
-                )
-            elif view is not None:
-                message = await destination.send(
-                    content, embed=embed, view=view, allowed_mentions=mentions, nonce=nonce
+                    content,
+                    embed=embed,
+                    file=file,
+                    view=view,
+                    allowed_mentions=mentions,
+                    nonce=nonce,
                 )
             else:
                 message = await destination.send(
-                    content, embed=embed, allowed_mentions=mentions, nonce=nonce
+                    content, embed=embed, view=view, allowed_mentions=mentions, nonce=nonce
                 )
         except (discord.NotFound, discord.Forbidden) as exc:
             if isinstance(exc, discord.NotFound) or exc.code in _GONE_CODES:
@@ -260,19 +277,25 @@ class DiscordDelivery:
             raise
         return message.id
 
-    async def post_video(self, job: Job, video: DownloadedVideo) -> int:
+    async def post_video(
+        self, job: Job, video: DownloadedVideo, *, note: str | None = None, link: str | None = None
+    ) -> int:
         if video.size > job.upload_limit_bytes:
             raise UploadRejected("larger than the upload limit")
         file = discord.File(video.path, filename=f"animate-{job.id}.mp4")
         try:
             message_id = await self._send(
-                job, self._greeting(job, "your video is ready!"), result_embed(job), file
+                job,
+                self._greeting(job, "your video is ready!"),
+                result_embed(job, extra=note, link=link),
+                file,
+                link=link,
             )
         except discord.HTTPException as exc:
             if exc.status == 413 or exc.code == 40005:
                 raise UploadRejected("Discord refused the file size") from exc
             raise
-        await self._posted(job, "delivered")
+        await self._posted(job, "delivered" if note is None else "delivered (re-encoded)")
         return message_id
 
     async def post_link(self, job: Job, url: str, reason: str) -> int:
@@ -281,7 +304,7 @@ class DiscordDelivery:
             job,
             self._greeting(job, "your video is ready."),
             result_embed(job, extra=reason, link=url),
-            view=link_button(url),
+            link=url,
         )
         await self._posted(job, "delivered as a link")
         return message_id

@@ -111,10 +111,12 @@ class RecordingDelivery:
                 return post.message_id
         return None
 
-    async def post_video(self, job: Job, video: DownloadedVideo) -> int:
-        if self.refuse_uploads:
+    async def post_video(
+        self, job: Job, video: DownloadedVideo, *, note: str | None = None, link: str | None = None
+    ) -> int:
+        if self.refuse_uploads or video.size > job.upload_limit_bytes:
             raise UploadRejected("too big")
-        return self._post("video", job, data=video.path.read_bytes())
+        return self._post("video", job, detail=note or "", data=video.path.read_bytes())
 
     async def post_link(self, job: Job, url: str, reason: str) -> int:
         return self._post("link", job, detail=f"{url} {reason}")

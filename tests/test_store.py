@@ -406,7 +406,8 @@ async def test_upgrade_in_place_keeps_old_rows(
     await upgrade_database(store_url, "0001")
     assert await current_revision(store_url) == "0001"
     old = dataclasses.asdict(new_job())
-    del old["interaction_id"]  # added by 0002
+    for later in ("interaction_id", "parent_job_id", "chain_length"):  # added by 0002, 0006
+        del old[later]
     engine = create_store_engine(store_url)
     try:
         async with engine.begin() as conn:

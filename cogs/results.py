@@ -1,0 +1,544 @@
+"""Act on results: Again / Edit prompt / Extend / Delete / Try again on result messages, Cancel on
+status messages, `/show`, and the "Animate image" message context menu.
+
+Buttons are persistent `DynamicItem`s: the custom id carries the job id, so a press works after a
+restart and for days, with no view held in memory. Every new job started here goes through the
+same path as `/animate` (`Animate.begin`): checks, quote, confirm, budgets, charged to the member
+who pressed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.catalog import CATALOG
+from bot.errors import InputRejected
+from bot.jobs import Job, JobState, Outcome
+
+if TYPE_CHECKING:
+    from bot.discord_bot import AnimateBot
+    from bot.imaging import FitMode, OrientationChoice
+    from cogs.animate import Animate
+
+log = logging.getLogger(__name__)
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".heic", ".heif", ".avif")
+
+
+def _animate_cog(interaction: discord.Interaction[AnimateBot]) -> Animate:
+    cog = interaction.client.get_cog("Animate")
+    if cog is None:
+        raise RuntimeError("the Animate cog is not loaded")
+    return cast("Animate", cog)
+
+
+async def _job_or_explain(interaction: discord.Interaction[AnimateBot], job_id: int) -> Job | None:
+    job = await interaction.client.store.get(job_id)
+    if job is None:
+        await _say(interaction, "That video's record no longer exists.")
+    return job
+
+
+async def _say(interaction: discord.Interaction[AnimateBot], text: str) -> None:
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+def _may_manage(interaction: discord.Interaction[AnimateBot], job: Job) -> bool:
+    """The requester, or a member with Manage Messages where the button is."""
+    if interaction.user.id == job.requester_id:
+        return True
+    permissions = interaction.permissions
+    return permissions.manage_messages or permissions.administrator
+
+
+async def _start_like(
+    interaction: discord.Interaction[AnimateBot],
+    source: Job,
+    *,
+    prompt: str | None = None,
+    duration: int | None = None,
+) -> None:
+    """Again / Edit prompt / Try again: the same picture as `source`, as a new job."""
+    from cogs.animate import _Params
+
+    cog = _animate_cog(interaction)
+    image = await interaction.client.store.kept_image(source.id)
+    if image is None:
+        days = interaction.client.settings.image_retention_days
+        await _say(
+            interaction,
+            f"The picture of this video is no longer kept (pictures are kept {days:g} days). "
+            "Run /animate with it again.",
+        )
+        return
+    params = _Params(
+        image=image,
+        prompt=prompt or source.prompt,
+        orientation=cast("OrientationChoice", source.orientation),
+        fit=cast("FitMode", source.fit),
+        already_fitted=True,
+    )
+    await _run(
+        interaction,
+        cog.begin(
+            interaction,
+            params,
+            model=source.model,
+            duration=duration or source.duration,
+            resolution=source.resolution,
+        ),
+    )
+
+
+async def _run(interaction: discord.Interaction[AnimateBot], work: Any) -> None:
+    """Run a start and turn any failure into the same private words as /animate."""
+    cog = _animate_cog(interaction)
+    with cog._command_running():
+        try:
+            await work
+        except Exception as exc:
+            await cog.explain(interaction, exc)
+
+
+# --- buttons ---------------------------------------------------------------------------------
+
+
+class _JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"animate:base:(?P<job>[0-9]+)"
+):
+    """A button whose custom id is `animate:<action>:<job id>`."""
+
+    action = ""
+    label = ""
+    style = discord.ButtonStyle.secondary
+    emoji: str | None = None
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=self.label,
+                style=self.style,
+                emoji=self.emoji,
+                custom_id=f"animate:{self.action}:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> _JobButton:
+        return cls(int(match["job"]))
+
+
+class AgainButton(_JobButton, template=r"animate:again:(?P<job>[0-9]+)"):
+    action, label, emoji = "again", "Again", "🔁"
+
+    async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = await _job_or_explain(interaction, self.job_id)
+        if job is not None:
+            await _start_like(interaction, job)
+
+
+class TryAgainButton(_JobButton, template=r"animate:retry:(?P<job>[0-9]+)"):
+    action, label, emoji = "retry", "Try again", "🔁"
+
+    async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = await _job_or_explain(interaction, self.job_id)
+        if job is not None:
+            await _start_like(interaction, job)
+
+
+class PromptModal(discord.ui.Modal):
+    """Edit prompt / Extend / the context menu: the prompt (and duration where there is a
+    choice), pre-filled."""
+
+    def __init__(
+        self,
+        *,
+        title: str,
+        prompt: str,
+        durations: tuple[int, ...],
+        duration: int | None,
+        on_submit: Any,
+    ) -> None:
+        super().__init__(title=title, timeout=15 * 60)
+        self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            default=prompt[:2000] or None,
+            max_length=2000,
+        )
+        self.add_item(self.prompt)
+        self.durations = durations
+        self.duration: discord.ui.TextInput[PromptModal] | None = None
+        if len(durations) > 1:
+            self.duration = discord.ui.TextInput(
+                label=f"Seconds ({', '.join(map(str, durations))})",
+                default=str(duration) if duration is not None else None,
+                required=False,
+                max_length=3,
+            )
+            self.add_item(self.duration)
+        self._on_submit = on_submit
+
+    async def on_submit(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        seconds: int | None = None
+        raw = (self.duration.value if self.duration is not None else "").strip()
+        if raw:
+            if not raw.isdigit() or int(raw) not in self.durations:
+                await _say(
+                    interaction,
+                    f"Seconds must be one of {', '.join(map(str, self.durations))}.",
+                )
+                return
+            seconds = int(raw)
+        await self._on_submit(interaction, self.prompt.value, seconds)
+
+
+def _durations(job: Job) -> tuple[int, ...]:
+    spec = CATALOG.get(job.model)
+    return tuple(spec.durations) if spec is not None else ()
+
+
+class EditPromptButton(_JobButton, template=r"animate:edit:(?P<job>[0-9]+)"):
+    action, label, emoji = "edit", "Edit prompt", "✏️"
+
+    async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
+        job = await interaction.client.store.get(self.job_id)
+        if job is None:
+            await _say(interaction, "That video's record no longer exists.")
+            return
+
+        async def submitted(
+            modal_interaction: discord.Interaction[AnimateBot], prompt: str, seconds: int | None
+        ) -> None:
+            await _start_like(modal_interaction, job, prompt=prompt, duration=seconds)
+
+        await interaction.response.send_modal(
+            PromptModal(
+                title="Edit prompt",
+                prompt=job.prompt,
+                durations=_durations(job),
+                duration=job.duration,
+                on_submit=submitted,
+            )
+        )
+
+
+class ExtendButton(_JobButton, template=r"animate:extend:(?P<job>[0-9]+)"):
+    action, label, emoji = "extend", "Extend", "⏩"
+
+    async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
+        job = await interaction.client.store.get(self.job_id)
+        if job is None:
+            await _say(interaction, "That video's record no longer exists.")
+            return
+        limit = interaction.client.settings.max_extends
+        if job.chain_length > limit:
+            await _say(interaction, f"This clip has been extended {limit} times, the most allowed.")
+            return
+
+        async def submitted(
+            modal_interaction: discord.Interaction[AnimateBot], prompt: str, seconds: int | None
+        ) -> None:
+            await _run(modal_interaction, _extend(modal_interaction, job, prompt, seconds))
+
+        await interaction.response.send_modal(
+            PromptModal(
+                title="Extend this clip",
+                prompt=job.prompt,
+                durations=_durations(job),
+                duration=job.duration,
+                on_submit=submitted,
+            )
+        )
+
+
+async def _extend(
+    interaction: discord.Interaction[AnimateBot], source: Job, prompt: str, seconds: int | None
+) -> None:
+    """The last frame of `source`'s video becomes the first frame of a new job in its chain."""
+    from bot.video import VideoError, last_frame_jpeg  # PyAV loads only when needed
+    from cogs.animate import _Params
+
+    video = await fetch_result_video(interaction.client, source)
+    if video is None:
+        raise InputRejected("The video of this job is no longer available to extend.")
+    with tempfile.TemporaryDirectory(prefix=f"extend{source.id}-") as tmp:
+        path = Path(tmp) / "clip.mp4"
+        await asyncio.to_thread(path.write_bytes, video)
+        try:
+            frame = await asyncio.to_thread(last_frame_jpeg, path)
+        except VideoError as exc:
+            raise InputRejected("The bot could not read that video to extend it.") from exc
+    params = _Params(
+        image=frame,
+        prompt=prompt,
+        orientation=cast("OrientationChoice", source.orientation),
+        fit="crop",
+        parent_job_id=source.id,
+        chain_length=source.chain_length + 1,
+    )
+    await _animate_cog(interaction).begin(
+        interaction,
+        params,
+        model=source.model,
+        duration=seconds or source.duration,
+        resolution=source.resolution,
+    )
+
+
+async def fetch_result_video(bot: AnimateBot, job: Job) -> bytes | None:
+    """The job's mp4, read back from the bot's own result message (a fresh attachment URL),
+    so no video is kept on disk; None when the message or its file is gone."""
+    if job.delivery_message_id is None:
+        return None
+    try:
+        if job.delivery_target == "dm":
+            user = await bot.fetch_user(job.requester_id)
+            channel: discord.abc.Messageable = await user.create_dm()
+        else:
+            channel = bot.get_partial_messageable(job.delivery_channel_id)
+        message = await channel.fetch_message(job.delivery_message_id)
+        for attachment in message.attachments:
+            if attachment.filename.lower().endswith(".mp4"):
+                return await attachment.read()
+    except discord.HTTPException as exc:
+        log.info("job %s: result message unreadable (HTTP %s)", job.id, exc.status)
+    return None
+
+
+class DeleteButton(_JobButton, template=r"animate:delete:(?P<job>[0-9]+)"):
+    action, label, emoji = "delete", "Delete", "🗑️"
+    style = discord.ButtonStyle.danger
+
+    async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
+        job = await interaction.client.store.get(self.job_id)
+        if job is None or not _may_manage(interaction, job):
+            await _say(
+                interaction,
+                "Only the member who asked for this video, or someone who can manage messages "
+                "here, can delete it.",
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if interaction.message is not None:
+            await interaction.message.delete()
+        if job.joined_message_id is not None and interaction.channel is not None:
+            partial = interaction.client.get_partial_messageable(job.delivery_channel_id)
+            try:
+                await partial.get_partial_message(job.joined_message_id).delete()
+            except discord.HTTPException:
+                log.info("job %s: joined video already gone", job.id)
+        await interaction.followup.send("Deleted.", ephemeral=True)
+
+
+class CancelButton(_JobButton, template=r"animate:cancel:(?P<job>[0-9]+)"):
+    action, label, emoji = "cancel", "Cancel", "✖️"
+
+    async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
+        job = await interaction.client.store.get(self.job_id)
+        if job is None or not _may_manage(interaction, job):
+            await _say(
+                interaction,
+                "Only the member who asked for this video, or someone who can manage messages "
+                "here, can cancel it.",
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        service = interaction.client.service
+        cancelled = await service.cancel(job.id, actor_id=interaction.user.id)
+        if cancelled is None:
+            await interaction.followup.send(
+                "Too late to cancel: it has already finished.", ephemeral=True
+            )
+            return
+        await service.refresh_status(_animate_cog(interaction).delivery, job.id)
+        if cancelled.provider_job_id is None:
+            text = "Cancelled before it was sent. Nothing was spent."
+        else:
+            text = (
+                "Cancelled. The bot will not post this video, but the video service already had "
+                "it and may still charge for it."
+            )
+        await interaction.followup.send(text, ephemeral=True)
+
+
+def result_view(job: Job, *, link: discord.ui.Button[Any] | None = None) -> discord.ui.View:
+    """The buttons under a result: Again, Edit prompt, Extend, Delete (Try again on failures)."""
+    view = discord.ui.View(timeout=None)
+    if link is not None:
+        view.add_item(link)
+    if job.outcome == Outcome.VIDEO:
+        view.add_item(AgainButton(job.id))
+        view.add_item(EditPromptButton(job.id))
+        view.add_item(ExtendButton(job.id))
+    else:
+        view.add_item(TryAgainButton(job.id))
+    view.add_item(DeleteButton(job.id))
+    return view
+
+
+def status_view(job: Job) -> discord.ui.View:
+    """Cancel on the status message while the job is waiting or generating (none after)."""
+    view = discord.ui.View(timeout=None)
+    if job.state in (JobState.SUBMITTING, JobState.POLLING):
+        view.add_item(CancelButton(job.id))
+    return view
+
+
+DYNAMIC_ITEMS: tuple[type[_JobButton], ...] = (
+    AgainButton,
+    TryAgainButton,
+    EditPromptButton,
+    ExtendButton,
+    DeleteButton,
+    CancelButton,
+)
+
+
+# --- /show and the context menu ---------------------------------------------------------------
+
+
+class Results(commands.Cog):
+    def __init__(self, bot: AnimateBot) -> None:
+        self.bot = bot
+        self.menu = app_commands.ContextMenu(name="Animate image", callback=self.animate_image)
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(*DYNAMIC_ITEMS)
+        self.bot.tree.add_command(self.menu)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(*DYNAMIC_ITEMS)
+        self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
+
+    @app_commands.command(name="show", description="Post a finished video again, with its buttons")
+    @app_commands.describe(job="The job number (from /jobs or the status message)")
+    async def show(self, interaction: discord.Interaction[AnimateBot], job: int) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        found = await self.bot.store.get(job)
+        if found is None or found.state != JobState.DONE:
+            await interaction.followup.send(f"There is no finished job {job}.", ephemeral=True)
+            return
+        if found.requester_id != interaction.user.id and not (
+            interaction.permissions.manage_messages or interaction.permissions.administrator
+        ):
+            await interaction.followup.send(
+                "You can show your own videos (or any, with Manage Messages).", ephemeral=True
+            )
+            return
+        channel = interaction.channel
+        if not isinstance(channel, discord.abc.Messageable):
+            await interaction.followup.send("I can't post in this kind of channel.", ephemeral=True)
+            return
+        from cogs.delivery import link_item, result_embed
+
+        embed = result_embed(found)
+        if found.outcome == Outcome.VIDEO:
+            video = await fetch_result_video(self.bot, found)
+            if video is not None:
+                file = discord.File(_bytes_io(video), filename=f"animate-{found.id}.mp4")
+                await channel.send(
+                    f"Job {found.id}, shown by <@{interaction.user.id}>",
+                    embed=embed,
+                    file=file,
+                    view=result_view(found),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+                await interaction.followup.send("Shown.", ephemeral=True)
+                return
+            if found.result_url is not None:
+                await channel.send(
+                    f"Job {found.id}, shown by <@{interaction.user.id}>",
+                    embed=result_embed(found, link=found.result_url),
+                    view=result_view(found, link=link_item(found.result_url)),
+                    allowed_mentions=discord.AllowedMentions.none(),
+                )
+                await interaction.followup.send("Shown.", ephemeral=True)
+                return
+        await interaction.followup.send(
+            f"Job {found.id} has no video to show ({found.outcome or 'no outcome'}).",
+            ephemeral=True,
+        )
+
+    async def animate_image(
+        self, interaction: discord.Interaction[AnimateBot], message: discord.Message
+    ) -> None:
+        images = [a for a in message.attachments if _is_image(a)]
+        if not images:
+            await _say(interaction, "That message has no picture to animate.")
+            return
+        note = (
+            f"That message has {len(images)} pictures; I used the first. "
+            if len(images) > 1
+            else ""
+        )
+        spec = CATALOG.get(self.bot.settings.default_model)
+        durations = tuple(spec.durations) if spec is not None else ()
+
+        async def submitted(
+            modal_interaction: discord.Interaction[AnimateBot], prompt: str, seconds: int | None
+        ) -> None:
+            from cogs.animate import _Params
+
+            params = _Params(image=images[0], prompt=prompt, orientation="auto", fit="crop")
+            cog = _animate_cog(modal_interaction)
+            await _run(
+                modal_interaction,
+                cog.begin(
+                    modal_interaction,
+                    params,
+                    model=None,
+                    duration=seconds,
+                    resolution=None,
+                    note=note,
+                ),
+            )
+
+        await interaction.response.send_modal(
+            PromptModal(
+                title="Animate image",
+                prompt="",
+                durations=durations,
+                duration=None,
+                on_submit=submitted,
+            )
+        )
+
+
+def _is_image(attachment: discord.Attachment) -> bool:
+    content_type = (attachment.content_type or "").lower()
+    if content_type.startswith("image/"):
+        return True
+    return attachment.filename.lower().endswith(_IMAGE_SUFFIXES)
+
+
+def _bytes_io(data: bytes) -> Any:
+    import io
+
+    return io.BytesIO(data)
+
+
+async def setup(bot: AnimateBot) -> None:
+    await bot.add_cog(Results(bot))

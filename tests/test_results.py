@@ -1,0 +1,184 @@
+"""Acting on results: the persistent buttons under results and status messages, and `/show` —
+the real bot against the fake Discord and the fake provider.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from bot.discord_bot import AnimateBot
+from bot.jobs import Outcome
+from tests.fake_discord import FakeMessage
+from tests.test_discord_bot import VIDEO, Env, started, thread_for
+from tests.test_discord_bot import env as env  # the fixture, shared with the end-to-end tests
+
+
+def buttons(message: FakeMessage) -> dict[str, str]:
+    """label → custom_id of the (non-link) buttons on a message."""
+    return {
+        str(item["label"]): str(item["custom_id"])
+        for row in message.components
+        for item in row.get("components", [])
+        if item.get("type") == 2 and "custom_id" in item
+    }
+
+
+async def first_video(env: Env) -> tuple[FakeMessage, int]:
+    """Run /animate once; return the result message and its thread."""
+    env.provider.script_next_job(["queued", "completed"], video=VIDEO)
+    await env.wait_reply(await env.animate())
+    [status] = env.bot_messages(env.channel_id)
+    thread_id = thread_for(env, status)
+    await env.discord.wait_for(lambda: len(env.videos(thread_id)) == 1, timeout=20)
+    await env.discord.wait_for(lambda: "Done" in str(env.discord.message(status.id).embeds))
+    return env.videos(thread_id)[0], thread_id
+
+
+async def press(env: Env, message: FakeMessage, label: str, user_id: int) -> str:
+    """Press a button; the private answer the presser finally sees."""
+    interaction = await env.discord.invoke_component(
+        message.id, buttons(env.discord.message(message.id))[label], user_id=user_id
+    )
+    return await env.wait_reply(interaction)
+
+
+def bot_of(env: Env) -> AnimateBot:
+    assert env.run is not None
+    return cast("AnimateBot", env.run.bot)
+
+
+async def test_a_result_has_again_edit_extend_and_delete(env: Env) -> None:
+    async with started(env) as run:
+        env.run = run
+        video, _ = await first_video(env)
+    assert set(buttons(video)) == {"Again", "Edit prompt", "Extend", "Delete"}
+
+
+async def test_again_by_another_member_starts_their_own_job_with_the_same_picture(
+    env: Env,
+) -> None:
+    other = env.discord.add_user("bob")
+    env.discord.add_guild_member(env.guild_id, other)
+    async with started(env) as run:
+        env.run = run
+        video, _ = await first_video(env)
+        reply = await press(env, video, "Again", other)
+        assert reply.startswith("Started")
+        first, second = sorted(env.provider.jobs.values(), key=lambda job: job.created_at)
+        jobs = [await bot_of(env).store.get(i) for i in (1, 2)]
+    assert second.body["image_url"] == first.body["image_url"]  # the very same picture
+    assert second.body["prompt"] == first.body["prompt"]
+    assert jobs[1] is not None and jobs[1].requester_id == other  # the presser pays
+    assert jobs[0] is not None and jobs[0].requester_id == env.user_id
+
+
+async def test_delete_is_refused_to_others_and_done_for_the_requester(env: Env) -> None:
+    other = env.discord.add_user("mallory")
+    env.discord.add_guild_member(env.guild_id, other)
+    async with started(env) as run:
+        env.run = run
+        video, thread_id = await first_video(env)
+        refusal = await press(env, video, "Delete", other)
+        assert "Only the member who asked" in refusal
+        assert len(env.videos(thread_id)) == 1
+        done = await press(env, video, "Delete", env.user_id)
+    assert done == "Deleted."
+    assert env.videos(thread_id) == []
+
+
+async def test_buttons_still_work_after_a_restart(env: Env) -> None:
+    async with started(env) as run:
+        env.run = run
+        video, _ = await first_video(env)
+    async with started(env) as run:  # a new process, the same database
+        env.run = run
+        reply = await press(env, video, "Again", env.user_id)
+    assert reply.startswith("Started")
+    assert len(env.provider.jobs) == 2
+
+
+async def test_try_again_on_a_failure(env: Env) -> None:
+    env.provider.script_next_job(
+        ["queued", "error"], error={"name": "GenerationError", "message": "content policy"}
+    )
+    async with started(env) as run:
+        env.run = run
+        await env.wait_reply(await env.animate())
+        [status] = env.bot_messages(env.channel_id)
+        thread_id = thread_for(env, status)
+        await env.discord.wait_for(
+            lambda: any(buttons(m) for m in env.bot_messages(thread_id)), timeout=20
+        )
+        [failure] = env.bot_messages(thread_id)
+        assert set(buttons(failure)) == {"Try again", "Delete"}
+        reply = await press(env, failure, "Try again", env.user_id)
+    assert reply.startswith("Started")
+    assert len(env.provider.jobs) == 2
+
+
+async def test_cancel_before_the_provider_has_it_spends_nothing(env: Env) -> None:
+    env.provider.fail_next("POST", status=429, count=50)  # the job waits to be sent
+    async with started(env, MEMBER_DAILY_USD="5") as run:
+        env.run = run
+        await env.wait_reply(await env.animate())
+        [status] = env.bot_messages(env.channel_id)
+        reply = await press(env, status, "Cancel", env.user_id)
+        assert "Nothing was spent" in reply
+        await env.discord.wait_for(
+            lambda: "Cancelled" in str(env.discord.message(status.id).embeds), timeout=10
+        )
+        assert buttons(env.discord.message(status.id)) == {}  # Cancel is gone
+        job = await bot_of(env).store.get(1)
+        usage = await bot_of(env).spending.usage(
+            requester_id=env.user_id, guild_id=env.guild_id, now=bot_of(env).service.clock.now()
+        )
+        for _ in range(50):  # the ledger is settled by the background pass
+            if usage.member_today_usd == 0:
+                break
+            await env.discord.wait_for(lambda: True, timeout=0.05)
+            usage = await bot_of(env).spending.usage(
+                requester_id=env.user_id,
+                guild_id=env.guild_id,
+                now=bot_of(env).service.clock.now(),
+            )
+    assert job is not None and job.outcome == Outcome.CANCELLED
+    assert usage.member_today_usd == 0
+    assert env.provider.jobs == {}
+
+
+async def test_cancel_after_submit_never_posts_and_says_it_may_be_charged(env: Env) -> None:
+    env.provider.script_next_job(["queued", "generating", "completed"], video=VIDEO)
+    env.provider.set_completion_time(1.5)
+    other = env.discord.add_user("mallory")
+    env.discord.add_guild_member(env.guild_id, other)
+    async with started(env) as run:
+        env.run = run
+        await env.wait_reply(await env.animate())
+        [status] = env.bot_messages(env.channel_id)
+        thread_id = thread_for(env, status)
+        assert "Only the member who asked" in await press(env, status, "Cancel", other)
+        reply = await press(env, status, "Cancel", env.user_id)
+        assert "may still charge" in reply
+        await env.discord.wait_for(lambda: env.provider.count("GET") >= 0, timeout=1)
+        job = await bot_of(env).store.get(1)
+    assert job is not None and job.outcome == Outcome.CANCELLED
+    assert env.videos(thread_id) == []
+
+
+async def test_show_reposts_a_finished_video_with_its_buttons(env: Env) -> None:
+    async with started(env) as run:
+        env.run = run
+        await first_video(env)
+        reply = await env.wait_reply(
+            await env.discord.invoke_command(
+                "show",
+                {"job": 1},
+                user_id=env.user_id,
+                guild_id=env.guild_id,
+                channel_id=env.channel_id,
+            )
+        )
+    assert reply == "Shown."
+    shown = [m for m in env.videos(env.channel_id)]
+    assert len(shown) == 1 and shown[0].attachments[0].data == VIDEO
+    assert "Again" in buttons(shown[0])
