@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -128,6 +128,13 @@ class Env:
             for m in self.bot_messages(channel_id)
             if any(a.filename.endswith(".mp4") for a in m.attachments)
         ]
+
+    async def until(self, check: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+        """Poll an async condition (a database read, say) until it holds, like wait_for."""
+        async with asyncio.timeout(within):
+            while not await check():
+                await self.discord.wait_for(lambda: True)  # lets the bot and the fake run
+                await asyncio.sleep(0.02)
 
     async def wait_reply(self, interaction: FakeInteraction, within: float = 15.0) -> str:
         """The ephemeral text the requester finally sees."""

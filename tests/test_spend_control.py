@@ -159,11 +159,7 @@ async def test_a_failed_video_is_refunded(env: Env) -> None:
             lambda: any("content policy" in str(m.embeds) for m in env.bot_messages(thread_id)),
             timeout=20,
         )
-        for _ in range(100):
-            if await refunded():
-                break
-            await env.discord.wait_for(lambda: True, timeout=0.1)
-        assert await refunded()
+        await env.until(refunded)
 
 
 async def test_out_of_credits_pauses_new_videos_bot_wide(env: Env) -> None:
