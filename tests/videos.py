@@ -31,6 +31,7 @@ def make_test_clip(
     pattern_seed: int = 0,
     crf: int = 23,
     preset: str = "ultrafast",
+    keyframe_every: int | None = None,
 ) -> Path:
     """Write an H.264/AAC mp4 at `dest`. Lower `crf` makes a larger file (bench: over 10 MiB)."""
     rng = random.Random(pattern_seed)
@@ -41,6 +42,8 @@ def make_test_clip(
         video = out.add_stream("libx264", rate=fps)
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         video.options = {"crf": str(crf), "preset": preset}
+        if keyframe_every is not None:
+            video.gop_size = keyframe_every
         audio_stream = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo") if audio else None
         for index in range(frame_count):
             progress = index / max(1, frame_count - 1)
