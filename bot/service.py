@@ -263,6 +263,9 @@ class JobService:
         # Downloaded videos kept between delivery attempts, so a retry does not fetch again.
         self._videos: dict[int, DownloadedVideo] = {}
         self._encoded: dict[int, DownloadedVideo] = {}
+        # Told about every job this process finished delivering (the Discord layer posts an
+        # Extend chain's joined video from here).
+        self._delivered_listeners: list[Callable[[Job], Awaitable[None]]] = []
         # Re-encoding takes both cores; one at a time keeps polling and Discord responsive.
         self._encode_slots = asyncio.Semaphore(1)
         self._video_dir: Path | None = None
@@ -687,6 +690,19 @@ class JobService:
         self._deliveries[job.id] = task
         task.add_done_callback(lambda _: self._deliveries.pop(job.id, None))
 
+    def add_delivered_listener(self, listener: Callable[[Job], Awaitable[None]]) -> None:
+        self._delivered_listeners.append(listener)
+
+    async def _tell_delivered(self, job_id: int) -> None:
+        job = await self.store.get(job_id)
+        if job is None:
+            return
+        for listener in self._delivered_listeners:
+            try:
+                await listener(job)
+            except Exception:
+                log.exception("job %s: a delivered-listener failed", job_id)
+
     @property
     def deliveries_running(self) -> int:
         return len(self._deliveries)
@@ -966,6 +982,7 @@ class JobService:
         if done:
             await self.refresh_status(delivery, job.id)
             log.info("job %s: delivered (%s)", job.id, claimed.outcome)
+            await self._tell_delivered(job.id)
         return done
 
     async def _deliver_claimed(self, job: Job, delivery: Delivery) -> int | None:

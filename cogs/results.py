@@ -183,6 +183,7 @@ class PromptModal(discord.ui.Modal):
         super().__init__(title=title, timeout=15 * 60)
         self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
             label="Prompt",
+            custom_id="prompt",
             style=discord.TextStyle.paragraph,
             default=prompt[:2000] or None,
             max_length=2000,
@@ -193,6 +194,7 @@ class PromptModal(discord.ui.Modal):
         if len(durations) > 1:
             self.duration = discord.ui.TextInput(
                 label=f"Seconds ({', '.join(map(str, durations))})",
+                custom_id="duration",
                 default=str(duration) if duration is not None else None,
                 required=False,
                 max_length=3,
@@ -399,6 +401,12 @@ def result_view(job: Job, *, link: discord.ui.Button[Any] | None = None) -> disc
     return view
 
 
+def _delete_only(job: Job) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(DeleteButton(job.id))
+    return view
+
+
 def status_view(job: Job) -> discord.ui.View:
     """Cancel on the status message while the job is waiting or generating (none after)."""
     view = discord.ui.View(timeout=None)
@@ -428,6 +436,61 @@ class Results(commands.Cog):
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(*DYNAMIC_ITEMS)
         self.bot.tree.add_command(self.menu)
+        self.bot.service.add_delivered_listener(self.post_joined_chain)
+
+    async def post_joined_chain(self, job: Job) -> None:
+        """After an extended clip is delivered: the chain's clips joined into one video, when
+        that fits the upload limit. The clips are read back from the bot's own messages."""
+        if job.parent_job_id is None or job.outcome != Outcome.VIDEO:
+            return
+        chain = [job]
+        while chain[0].parent_job_id is not None and len(chain) <= self.bot.settings.max_extends:
+            parent = await self.bot.store.get(chain[0].parent_job_id)
+            if parent is None:
+                break
+            chain.insert(0, parent)
+        clips = [await fetch_result_video(self.bot, clip) for clip in chain]
+        if any(clip is None for clip in clips):
+            log.info("job %s: an earlier clip is gone; no joined video", job.id)
+            return
+        from bot.video import VideoError, fit_to_size, join
+
+        with tempfile.TemporaryDirectory(prefix=f"chain{job.id}-") as tmp:
+            paths = []
+            for index, data in enumerate(clips):
+                path = Path(tmp) / f"clip{index}.mp4"
+                await asyncio.to_thread(path.write_bytes, cast("bytes", data))
+                paths.append(path)
+            joined = Path(tmp) / "joined.mp4"
+            fitted = Path(tmp) / "fitted.mp4"
+            try:
+                info = await asyncio.to_thread(join, paths, joined)
+                if info.size_bytes > job.upload_limit_bytes:
+                    smaller = await asyncio.to_thread(
+                        fit_to_size, joined, fitted, int(job.upload_limit_bytes * 0.97)
+                    )
+                    if smaller is None:
+                        log.info("job %s: the joined video does not fit; not posted", job.id)
+                        return
+                    joined = fitted
+            except VideoError:
+                log.warning("job %s: the chain could not be joined", job.id)
+                return
+            channel = self.bot.get_partial_messageable(job.delivery_channel_id)
+            message = await channel.send(
+                f"<@{job.requester_id}> the whole chain, {len(chain)} clips joined:",
+                file=discord.File(joined, filename=f"animate-{job.id}-chain.mp4"),
+                view=_delete_only(job),
+                allowed_mentions=discord.AllowedMentions(
+                    everyone=False, roles=False, users=[discord.Object(id=job.requester_id)]
+                ),
+            )
+        await self.bot.store.transition(
+            job.id,
+            from_states=[JobState.DONE],
+            now=self.bot.service.clock.now(),
+            joined_message_id=message.id,
+        )
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(*DYNAMIC_ITEMS)

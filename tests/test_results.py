@@ -4,13 +4,21 @@ the real bot against the fake Discord and the fake provider.
 
 from __future__ import annotations
 
+import base64
+import io
+from pathlib import Path
 from typing import cast
+
+import pytest
+from PIL import Image, ImageChops, ImageStat
 
 from bot.discord_bot import AnimateBot
 from bot.jobs import Outcome
+from bot.video import last_frame_jpeg, probe
 from tests.fake_discord import FakeMessage
-from tests.test_discord_bot import VIDEO, Env, started, thread_for
+from tests.test_discord_bot import VIDEO, Env, jpeg, started, thread_for
 from tests.test_discord_bot import env as env  # the fixture, shared with the end-to-end tests
+from tests.videos import make_test_clip
 
 
 def buttons(message: FakeMessage) -> dict[str, str]:
@@ -179,3 +187,136 @@ async def test_show_reposts_a_finished_video_with_its_buttons(env: Env) -> None:
     shown = [m for m in env.videos(env.channel_id)]
     assert len(shown) == 1 and shown[0].attachments[0].data == VIDEO
     assert "Again" in buttons(shown[0])
+
+
+# --- modals, Extend, the context menu and videos that fit --------------------------------------
+
+
+def picture_of(data_uri: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(data_uri.split(",", 1)[1]))).convert("RGB")
+
+
+def mean_difference(a: Image.Image, b: Image.Image) -> float:
+    diff = ImageChops.difference(a.convert("RGB"), b.convert("RGB").resize(a.size))
+    return sum(ImageStat.Stat(diff).mean) / 3
+
+
+async def test_edit_prompt_shows_the_old_prompt_and_starts_a_new_job(env: Env) -> None:
+    async with started(env) as run:
+        env.run = run
+        video, _ = await first_video(env)
+        click = await env.discord.invoke_component(
+            video.id, buttons(video)["Edit prompt"], user_id=env.user_id
+        )
+        await env.discord.wait_for(lambda: click.modal is not None)
+        assert click.modal is not None
+        assert click.modal.values["prompt"] == "the waves roll in slowly"
+        assert click.modal.values["duration"] == "4"
+        submit = await env.discord.submit_modal(
+            click, {"prompt": "the waves crash", "duration": "8"}
+        )
+        assert (await env.wait_reply(submit)).startswith("Started")
+    first, second = sorted(env.provider.jobs.values(), key=lambda job: job.created_at)
+    assert second.body["prompt"] == "the waves crash" and second.body["duration"] == 8
+    assert second.body["image_url"] == first.body["image_url"]
+
+
+async def test_extend_starts_from_the_last_frame_and_posts_the_joined_chain(
+    env: Env, tmp_path: Path
+) -> None:
+    clip = make_test_clip(tmp_path / "clip.mp4", width=640, height=360, seconds=1.0, fps=12)
+    clip_bytes = clip.read_bytes()
+    last_frame = Image.open(io.BytesIO(last_frame_jpeg(clip)))
+    async with started(env) as run:
+        env.run = run
+        env.provider.script_next_job(["queued", "completed"], video=clip_bytes)
+        await env.wait_reply(await env.animate())
+        [status] = env.bot_messages(env.channel_id)
+        thread_id = thread_for(env, status)
+        await env.discord.wait_for(lambda: len(env.videos(thread_id)) == 1, timeout=20)
+        await env.discord.wait_for(lambda: "Done" in str(env.discord.message(status.id).embeds))
+        [video] = env.videos(thread_id)
+        click = await env.discord.invoke_component(
+            video.id, buttons(video)["Extend"], user_id=env.user_id
+        )
+        await env.discord.wait_for(lambda: click.modal is not None)
+        env.provider.script_next_job(["queued", "completed"], video=clip_bytes)
+        submit = await env.discord.submit_modal(click, {"prompt": "and then it rains"})
+        assert (await env.wait_reply(submit)).startswith("Started")
+        [_, extended] = sorted(env.provider.jobs.values(), key=lambda job: job.created_at)
+        # The new job's first frame is the clip's last frame (fitted to the preset).
+        assert mean_difference(picture_of(extended.body["image_url"]), last_frame) < 12
+
+        def joined() -> bool:
+            return any("chain" in m.content for m in env.bot_messages(thread_id))
+
+        await env.discord.wait_for(joined, timeout=30)
+        [chain] = [m for m in env.bot_messages(thread_id) if "chain" in m.content]
+        path = tmp_path / "joined.mp4"
+        path.write_bytes(chain.attachments[0].data)
+    assert probe(path).duration_seconds == pytest.approx(2 * probe(clip).duration_seconds, abs=0.3)
+
+
+async def test_the_context_menu_animates_the_first_picture_of_a_message(env: Env) -> None:
+    async with started(env) as run:
+        env.run = run
+        post = await env.discord.post_user_message(
+            env.channel_id,
+            env.user_id,
+            "two pictures",
+            files=[("a.jpg", jpeg(1600, 900)), ("b.jpg", jpeg(1600, 900))],
+        )
+        menu = await env.discord.invoke_message_command(
+            "Animate image", post.id, user_id=env.user_id
+        )
+        await env.discord.wait_for(lambda: menu.modal is not None)
+        submit = await env.discord.submit_modal(menu, {"prompt": "make it move"})
+        reply = await env.wait_reply(submit)
+        empty = await env.discord.post_user_message(env.channel_id, env.user_id, "no picture")
+        refused = await env.wait_reply(
+            await env.discord.invoke_message_command("Animate image", empty.id, user_id=env.user_id)
+        )
+    assert "used the first" in reply and "Started" in reply
+    [job] = env.provider.jobs.values()
+    assert job.body["prompt"] == "make it move"
+    assert "no picture" in refused
+
+
+async def test_a_video_over_the_upload_limit_is_re_encoded_to_fit(env: Env, tmp_path: Path) -> None:
+    clip = make_test_clip(tmp_path / "big.mp4", width=640, height=360, seconds=2.0, fps=24, crf=8)
+    small_guild = env.discord.add_guild("Small", filesize_limit=clip.stat().st_size // 2)
+    channel = env.discord.add_text_channel(small_guild, "clips")
+    env.provider.script_next_job(["queued", "completed"], video=clip.read_bytes())
+    async with started(env, DEV_GUILD_ID=""):
+        await env.wait_reply(await env.animate(channel_id=channel, guild_id=small_guild))
+        [status] = env.bot_messages(channel)
+        thread_id = thread_for(env, status)
+        await env.discord.wait_for(lambda: len(env.videos(thread_id)) == 1, timeout=60)
+    [video] = env.videos(thread_id)
+    upload = tmp_path / "upload.mp4"
+    upload.write_bytes(video.attachments[0].data)
+    fitted, source = probe(upload), probe(clip)
+    assert fitted.size_bytes <= clip.stat().st_size // 2
+    assert fitted.has_audio
+    assert fitted.duration_seconds == pytest.approx(source.duration_seconds, abs=0.1)
+    assert "Re-encoded" in str(video.embeds)
+    assert env.provider.base_url in str(video.embeds)  # the original is linked
+
+
+async def test_a_video_that_cannot_fit_is_linked(env: Env, tmp_path: Path) -> None:
+    clip = make_test_clip(tmp_path / "big.mp4", width=640, height=360, seconds=8.0, crf=8)
+    # Room for the status message's first frame (~180 KB), not for any acceptable encode of 8 s
+    # of video (640×360 at 24 fps needs ~340 kbit/s with sound at the quality floor: ~340 KB).
+    tiny_guild = env.discord.add_guild("Tiny", filesize_limit=240 * 1024)
+    channel = env.discord.add_text_channel(tiny_guild, "clips")
+    env.provider.script_next_job(["queued", "completed"], video=clip.read_bytes())
+    async with started(env, DEV_GUILD_ID=""):
+        await env.wait_reply(await env.animate(channel_id=channel, guild_id=tiny_guild))
+        [status] = env.bot_messages(channel)
+        thread_id = thread_for(env, status)
+
+        def linked() -> bool:
+            return any(env.provider.base_url in str(m.embeds) for m in env.bot_messages(thread_id))
+
+        await env.discord.wait_for(linked, timeout=60)
+    assert env.videos(thread_id) == []
