@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, cast
 
 import discord
@@ -58,6 +59,8 @@ NEEDED_FOR_NEW_THREADS = {
 # type) is decided from the bytes.
 _NOT_IMAGE_PREFIXES = ("text/", "video/", "audio/", "application/pdf", "application/zip")
 
+_RETENTION_EVERY = timedelta(hours=1)
+
 _RESOLUTIONS = sorted(
     {r for spec in CATALOG.values() for r in spec.resolutions}, key=lambda r: int(r.rstrip("pPk"))
 )
@@ -85,6 +88,7 @@ class Animate(commands.Cog):
         self._no_commands = asyncio.Event()
         self._no_commands.set()
         self._admission: Admission | None = None
+        self._last_retention: datetime | None = None
 
     @property
     def service(self) -> JobService:
@@ -102,6 +106,16 @@ class Animate(commands.Cog):
                 on_credits_exhausted=self._announce_credits,
             )
         return self._admission
+
+    async def _retention(self) -> None:
+        """Hourly: drop kept pictures older than IMAGE_RETENTION_DAYS."""
+        now = self.service.clock.now()
+        if self._last_retention is not None and now - self._last_retention < _RETENTION_EVERY:
+            return
+        self._last_retention = now
+        removed = await self.service.forget_old_images()
+        if removed:
+            log.info("retention: removed %d kept pictures", removed)
 
     async def _audit_result(self, job: Job, what: str) -> None:
         if job.guild_id is None:
@@ -161,6 +175,7 @@ class Animate(commands.Cog):
             await self.service.run_due(self.delivery)
             # Settle or refund the money of jobs that ended (exactly once, from any worker).
             await self.admission.settle_finished()
+            await self._retention()
         except Exception:
             log.exception("background pass failed; trying again next tick")
 

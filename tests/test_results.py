@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+from datetime import timedelta
 from pathlib import Path
 from typing import cast
 
@@ -320,3 +321,14 @@ async def test_a_video_that_cannot_fit_is_linked(env: Env, tmp_path: Path) -> No
 
         await env.discord.wait_for(linked, timeout=60)
     assert env.videos(thread_id) == []
+
+
+async def test_again_on_a_job_whose_picture_expired_says_so(env: Env) -> None:
+    async with started(env) as run:
+        env.run = run
+        video, _ = await first_video(env)
+        later = bot_of(env).service.clock.now() + timedelta(days=31)
+        assert await bot_of(env).store.forget_images(older_than=later) == 1
+        reply = await press(env, video, "Again", env.user_id)
+    assert "no longer kept" in reply and "30 days" in reply
+    assert len(env.provider.jobs) == 1

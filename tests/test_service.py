@@ -700,3 +700,13 @@ async def test_a_foreign_video_link_is_neither_fetched_nor_shown(world: World) -
     assert "169.254" not in post.detail
     final = await world.store.get(job.id)
     assert final is not None and final.outcome == Outcome.FAILED and final.result_url is None
+
+
+async def test_pictures_are_kept_for_the_retention_period_then_removed(world: World) -> None:
+    job = await world.animate()
+    assert await world.store.kept_image(job.id) is not None  # kept after submit, for Again
+    world.clock.advance(29 * 86400)
+    assert await world.service.forget_old_images() == 0
+    world.clock.advance(2 * 86400)
+    assert await world.service.forget_old_images() == 1
+    assert await world.store.kept_image(job.id) is None
