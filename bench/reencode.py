@@ -37,7 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=[video.X264_PRESET])
     parser.add_argument("--seconds", type=float, default=12.0)
-    parser.add_argument("--runs", type=int, default=1, help="best of N runs per preset")
+    parser.add_argument("--runs", type=int, default=1, help="best of N runs per encode")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,32 +53,99 @@ def main() -> None:
         info = video.probe(source)
         assert info.size_bytes > LIMIT, "the source must be over the limit"
         print(
-            f"Source: {info.width}×{info.height}, {info.duration_seconds:.2f} s, "
-            f"audio: {info.has_audio}, {info.size_bytes / 2**20:.1f} MiB; limit 10 MiB; "
+            f"Source: {info.width}×{info.height}, {info.duration_seconds:.2f} s, 24 fps, "
+            f"audio: {info.has_audio}, {info.size_bytes / 2**20:.1f} MiB; "
             f"{os.cpu_count()} CPUs\n"
         )
-        print("| x264 preset | wall time | × clip duration | output | of limit | size | PSNR-Y |")
-        print("|---|---|---|---|---|---|---|")
+
+        print("Fit to 10 MiB:\n")
+        print(HEADER)
         for preset in args.presets:
-            dest = folder / f"fit-{preset}.mp4"
-            timings = []
-            result = None
-            for _ in range(args.runs):
-                started = time.perf_counter()
-                result = video.fit_to_size(source, dest, LIMIT, preset=preset)
-                timings.append(time.perf_counter() - started)
-            wall = min(timings)
-            if result is None:
-                print(
-                    f"| {preset} | {wall:.2f} s | {wall / info.duration_seconds:.2f} | "
-                    "did not fit | | | |"
-                )
-                continue
-            print(
-                f"| {preset} | {wall:.2f} s | {wall / info.duration_seconds:.2f} | "
-                f"{result.size_bytes / 2**20:.2f} MiB | {result.size_bytes / LIMIT:.1%} | "
-                f"{result.width}×{result.height} | {psnr_luma(source, dest):.2f} dB |"
-            )
+            print(fit_row(source, info, folder, LIMIT, preset, args.runs, label=preset))
+
+        floor_limit = smallest_full_size_limit(info)
+        print(f"\nSmaller budgets ({video.X264_PRESET}):\n")
+        print(HEADER)
+        for label, limit in (
+            (f"at the floor: {floor_limit / 2**20:.2f} MiB", floor_limit),
+            (f"half that: {floor_limit / 2**21:.2f} MiB", floor_limit // 2),
+        ):
+            print(fit_row(source, info, folder, limit, video.X264_PRESET, args.runs, label=label))
+
+        print("\nExtend helpers:\n")
+        print("| operation | wall time |")
+        print("|---|---|")
+        started = time.perf_counter()
+        jpeg = video.last_frame_jpeg(source)
+        print(
+            f"| last_frame_jpeg ({len(jpeg) // 1024} KiB JPEG) | "
+            f"{time.perf_counter() - started:.2f} s |"
+        )
+        started = time.perf_counter()
+        joined = video.join([source, source], folder / "joined.mp4")
+        wall = time.perf_counter() - started
+        print(
+            f"| join 2 × {info.duration_seconds:.0f} s → {joined.duration_seconds:.1f} s, "
+            f"{joined.size_bytes / 2**20:.1f} MiB | {wall:.2f} s "
+            f"({wall / joined.duration_seconds:.2f} × duration) |"
+        )
+
+
+HEADER = (
+    "| encode | wall time | × clip duration | output | of limit | picture | bits/pixel | PSNR-Y |\n"
+    "|---|---|---|---|---|---|---|---|"
+)
+
+
+def fit_row(
+    source: Path,
+    info: video.VideoInfo,
+    folder: Path,
+    limit: int,
+    preset: str,
+    runs: int,
+    *,
+    label: str,
+) -> str:
+    dest = folder / "fitted.mp4"
+    timings = []
+    result = None
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = video.fit_to_size(source, dest, limit, preset=preset)
+        timings.append(time.perf_counter() - started)
+    wall = min(timings)
+    ratio = wall / info.duration_seconds
+    if result is None:
+        return f"| {label} | {wall:.2f} s | {ratio:.2f} | did not fit | | | | |"
+    with av.open(str(dest)) as container:
+        video_bytes = sum(packet.size for packet in container.demux(video=0))
+    bpp = video_bytes * 8 / (result.duration_seconds * result.width * result.height * 24)
+    return (
+        f"| {label} | {wall:.2f} s | {ratio:.2f} | {result.size_bytes / 2**20:.2f} MiB | "
+        f"{result.size_bytes / limit:.1%} | {result.width}×{result.height} | {bpp:.3f} | "
+        f"{psnr_luma(source, dest):.2f} dB |"
+    )
+
+
+def smallest_full_size_limit(info: video.VideoInfo) -> int:
+    """The smallest byte limit that still keeps the full picture size (the quality floor)."""
+    low, high = 1, LIMIT
+    while low < high:
+        middle = (low + high) // 2
+        plan = video.plan_encode(
+            width=info.width,
+            height=info.height,
+            fps=24.0,
+            duration_seconds=info.duration_seconds,
+            has_audio=info.has_audio,
+            max_bytes=middle,
+        )
+        if plan is not None and (plan.width, plan.height) == (info.width, info.height):
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def psnr_luma(reference: Path, distorted: Path) -> float:

@@ -146,11 +146,13 @@ def plan_encode(
     if video_bps <= 0:
         return None
     bpp = video_bps / (width * height * fps)
-    out_width, out_height = width, height
+    # H.264 in 4:2:0 needs even sides: an odd source loses one row or column.
+    out_width, out_height = _even(width), _even(height)
     if bpp < QUALITY_FLOOR_BPP:
         scale = math.sqrt(bpp / QUALITY_FLOOR_BPP)
+        smallest = min(MIN_SHORT_SIDE, out_width, out_height)
         out_width, out_height = _even(width * scale), _even(height * scale)
-        if min(out_width, out_height) < min(MIN_SHORT_SIDE, width, height):
+        if min(out_width, out_height) < smallest:
             return None
     return EncodePlan(out_width, out_height, int(video_bps), audio_bps)
 
@@ -280,7 +282,8 @@ def join(clips: Sequence[Path], dest: Path) -> VideoInfo:
         raise ValueError("join needs at least one clip")
     with _open_input(clips[0]) as first:
         first_video = _video_stream(first)
-        width, height = first_video.codec_context.width, first_video.codec_context.height
+        width = _even(first_video.codec_context.width)
+        height = _even(first_video.codec_context.height)
         fps = _frame_rate(first_video)
     with_audio = False
     audio_rate = _AUDIO_RATE

@@ -239,6 +239,18 @@ def test_plan_keeps_full_size_above_the_floor_and_gives_up_below_the_smallest_si
     assert video.plan_encode(width=1792, height=1024, max_bytes=200_000, **common) is None
 
 
+def test_odd_sized_source_is_fitted_and_joined_at_even_size(tmp_path: Path) -> None:
+    odd = make_test_clip(
+        tmp_path / "odd.mp4", width=321, height=181, seconds=1, pixel_format="yuv444p"
+    )
+
+    fitted = video.fit_to_size(odd, tmp_path / "fitted.mp4", 60_000)
+    joined = video.join([odd, odd], tmp_path / "joined.mp4")
+
+    assert fitted is not None and (fitted.width, fitted.height) == (320, 180)
+    assert (joined.width, joined.height) == (320, 180)
+
+
 def test_fits_run_side_by_side_in_threads(clips: dict[str, Path], tmp_path: Path) -> None:
     dests = [tmp_path / f"fit-{i}.mp4" for i in range(3)]
     with ThreadPoolExecutor(max_workers=3) as pool:

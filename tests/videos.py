@@ -32,15 +32,17 @@ def make_test_clip(
     crf: int = 23,
     preset: str = "ultrafast",
     keyframe_every: int | None = None,
+    pixel_format: str = "yuv420p",
 ) -> Path:
-    """Write an H.264/AAC mp4 at `dest`. Lower `crf` makes a larger file (bench: over 10 MiB)."""
+    """Write an H.264/AAC mp4 at `dest`. Lower `crf` makes a larger file (bench: over 10 MiB).
+    Odd sizes need `pixel_format="yuv444p"` (4:2:0 needs even sides)."""
     rng = random.Random(pattern_seed)
     texture = _texture(width * 2, height, rng)
     tint = tuple(rng.randrange(40, 216) for _ in range(3))
     frame_count = max(1, round(seconds * fps))
     with av.open(str(dest), "w", format="mp4") as out:
         video = out.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.width, video.height, video.pix_fmt = width, height, pixel_format
         video.options = {"crf": str(crf), "preset": preset}
         if keyframe_every is not None:
             video.gop_size = keyframe_every
