@@ -114,6 +114,14 @@ class JobTimedOut(BotError):
         super().__init__(f"no result after {waited_seconds:.0f} s")
 
 
+class MediaUnreadable(BotError):
+    """A video (or other media) the bot cannot read; `reason` is safe to show."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
 class VideoTooLarge(BotError):
     """The finished video is bigger than we are willing to download."""
 
@@ -150,6 +158,8 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, JobTimedOut):
         minutes = max(1, round(exc.waited_seconds / 60))
         return f"No video arrived after {minutes} minutes, so the bot stopped waiting."
+    if isinstance(exc, MediaUnreadable):
+        return exc.reason
     if isinstance(exc, VideoTooLarge):
         return "The finished video is too large for the bot to fetch."
     return "Something went wrong on our side. Sorry! The error has been logged."

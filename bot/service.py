@@ -266,8 +266,9 @@ class JobService:
         # Told about every job this process finished delivering (the Discord layer posts an
         # Extend chain's joined video from here).
         self._delivered_listeners: list[Callable[[Job], Awaitable[None]]] = []
-        # Re-encoding takes both cores; one at a time keeps polling and Discord responsive.
-        self._encode_slots = asyncio.Semaphore(1)
+        # Re-encoding takes both cores: one at a time in the process (deliveries and joined
+        # chains share it) keeps polling and Discord responsive.
+        self.encode_slots = asyncio.Semaphore(1)
         self._video_dir: Path | None = None
         # A poll that arrives this much after its planned time is late because of us (down,
         # backlogged); the lateness does not count against the member's timeout.
@@ -1098,7 +1099,7 @@ class JobService:
         dest = video.path.with_name(f"fitted-{job.id}.mp4")
         # A little under the limit: Discord counts the upload, not just the file.
         budget = int(limit * 0.97)
-        async with self._encode_slots:
+        async with self.encode_slots:
             try:
                 info = await asyncio.to_thread(fit_to_size, video.path, dest, budget)
             except VideoError:

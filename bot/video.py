@@ -36,7 +36,7 @@ from av.video.frame import PictureType, VideoFrame
 from av.video.stream import VideoStream
 from PIL import Image
 
-from bot.errors import BotError
+from bot.errors import MediaUnreadable
 
 # --- the quality floor and the byte budget -------------------------------------------------
 
@@ -75,11 +75,10 @@ _SEEK_BACK_SECONDS = 3.0
 _Writer = Callable[[OutputContainer], None]
 
 
-class VideoError(BotError):
+class VideoError(MediaUnreadable):
     """The file is not a video we can read. The message is safe to show: no paths, no details."""
 
     def __init__(self, reason: str = "The video file could not be read.") -> None:
-        self.reason = reason
         super().__init__(reason)
 
 

@@ -464,15 +464,16 @@ class Results(commands.Cog):
             joined = Path(tmp) / "joined.mp4"
             fitted = Path(tmp) / "fitted.mp4"
             try:
-                info = await asyncio.to_thread(join, paths, joined)
-                if info.size_bytes > job.upload_limit_bytes:
-                    smaller = await asyncio.to_thread(
-                        fit_to_size, joined, fitted, int(job.upload_limit_bytes * 0.97)
-                    )
-                    if smaller is None:
-                        log.info("job %s: the joined video does not fit; not posted", job.id)
-                        return
-                    joined = fitted
+                async with self.bot.service.encode_slots:
+                    info = await asyncio.to_thread(join, paths, joined)
+                    if info.size_bytes > job.upload_limit_bytes:
+                        smaller = await asyncio.to_thread(
+                            fit_to_size, joined, fitted, int(job.upload_limit_bytes * 0.97)
+                        )
+                        if smaller is None:
+                            log.info("job %s: the joined video does not fit; not posted", job.id)
+                            return
+                        joined = fitted
             except VideoError:
                 log.warning("job %s: the chain could not be joined", job.id)
                 return
