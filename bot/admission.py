@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from bot.catalog import ModelSpec
+from bot.catalog import CATALOG, ModelSpec
 from bot.config import Settings
-from bot.errors import InputRejected, ProviderCreditsError
+from bot.errors import InputRejected, ProviderCreditsError, ProviderError
 from bot.guild_settings import GuildConfig, GuildSettings, ServerPaused
 from bot.jobs import Job
+from bot.model_health import ModelHealth, ModelUnavailable, rejects_model
 from bot.service import AnimateRequest, Clock, Conversation, JobService
 from bot.spending import LimitStatus, Spending, format_usd
 
@@ -79,6 +80,7 @@ class Admission:
         guild_settings: GuildSettings,
         clock: Clock,
         on_credits_exhausted: CreditsNotice | None = None,
+        models: ModelHealth | None = None,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -86,6 +88,8 @@ class Admission:
         self.guild_settings = guild_settings
         self.clock = clock
         self.on_credits_exhausted = on_credits_exhausted
+        # Models the provider lately refused; the notice goes to the same place as credits.
+        self.models = models
 
     async def quote(
         self,
@@ -108,6 +112,8 @@ class Admission:
         spec, duration, resolution = self.service.resolve_choices(
             model=model, duration=duration, resolution=resolution, prompt=prompt
         )
+        if self.models is not None:
+            await self.models.check(spec.id, now=self.clock.now())
         estimate = self.spending.estimate(spec, duration, resolution)
         limits = await self.spending.limits(
             requester_id=requester.user_id,
@@ -166,9 +172,32 @@ class Admission:
             await self._credits_exhausted()
             await self._release(reservation.id, "refused at submit: out of credits")
             raise
+        except ProviderError as exc:
+            await self._release(reservation.id, "refused at submit")
+            if self.models is not None and rejects_model(exc):
+                raise await self._model_gone(self.models, quote) from exc
+            raise
         except Exception:
             await self._release(reservation.id, "refused at submit or not announced")
             raise
+
+    async def _model_gone(self, models: ModelHealth, quote: Quote) -> ModelUnavailable:
+        """The provider refused the model itself: off for a while; servers told once."""
+        now = self.clock.now()
+        newly = await models.mark_unavailable(quote.spec.id, now=now)
+        off = await models.unavailable(now=now)
+        working = [spec.label for spec in CATALOG.values() if spec.id not in off]
+        if newly and self.on_credits_exhausted is not None:
+            try:
+                await self.on_credits_exhausted(
+                    f"⚠️ The video service refused {quote.spec.label}: it is off for new videos "
+                    "for an hour. Videos already being made are not affected. Models that work: "
+                    + (", ".join(working) or "none right now")
+                    + "."
+                )
+            except Exception:
+                log.warning("could not announce an unavailable model", exc_info=True)
+        return ModelUnavailable(quote.spec.label, working)
 
     async def _release(self, reservation_id: int, note: str) -> None:
         try:

@@ -648,6 +648,16 @@ class JobStore:
             value = (await session.execute(query)).scalar_one_or_none()
         return None if value is None else str(value)
 
+    async def meta_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every meta entry whose key starts with `prefix`."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = sa.select(meta.c.key, meta.c.value).where(
+            meta.c.key.like(escaped + "%", escape="\\")
+        )
+        async with self._read() as session:
+            rows = (await session.execute(query)).all()
+        return {str(key): str(value) for key, value in rows}
+
     async def set_meta(self, key: str, value: str) -> None:
         insert = (
             pg_dialect.insert(meta)

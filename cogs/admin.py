@@ -24,6 +24,7 @@ from discord.ext import commands
 from bot.catalog import CATALOG
 from bot.errors import BotError, InputRejected, user_message
 from bot.guild_settings import AccessKind, AccessLists, GuildConfig, SettingChange
+from bot.model_health import ModelHealth
 from bot.spending import discord_time, format_usd, next_month
 from cogs.audit import post_audit, post_to_channel
 
@@ -175,6 +176,12 @@ class Admin(commands.Cog):
         spent = format_usd(usage.guild_month_usd or 0.0)
         lines = ["**/animate in this server**"]
         lines += [f"• {line}" for line in config.lines()]
+        off = await ModelHealth(self.bot.store).unavailable(now=self._now())
+        for model, until in sorted(off.items()):
+            spec = CATALOG.get(model)
+            label = spec.label if spec is not None else model
+            again = f"<t:{int(until.timestamp())}:R>"
+            lines.append(f"• {label} is unavailable at the video service (tried again {again})")
         lines.append(f"This server has spent {spent} this month. 0 means no limit. {_UTC_NOTE}")
         await _reply(interaction, _clip(lines))
 

@@ -24,6 +24,7 @@ from bot.catalog import CATALOG
 from bot.errors import BotError, ImageRejected, InputRejected, user_message
 from bot.imaging import FitMode, OrientationChoice
 from bot.jobs import Job
+from bot.model_health import ModelHealth
 from bot.service import AnimateRequest, Conversation, JobService
 from bot.spending import format_usd
 from cogs.audit import post_audit, post_audit_everywhere
@@ -104,6 +105,7 @@ class Animate(commands.Cog):
                 guild_settings=self.bot.guild_settings,
                 clock=self.bot.service.clock,
                 on_credits_exhausted=self._announce_credits,
+                models=ModelHealth(self.bot.store),
             )
         return self._admission
 

@@ -16,8 +16,10 @@ import pytest
 
 from bot.admission import Admission, Requester
 from bot.config import Settings
+from bot.errors import ProviderServerError, ProviderValidationError
 from bot.guild_settings import BotDefaults, GuildSettings
 from bot.jobs import Job
+from bot.model_health import ModelHealth, ModelUnavailable, rejects_model
 from bot.provider import ProviderClient, RetryPolicy
 from bot.service import AnimateRequest, Conversation, JobService
 from bot.spending import LimitReached, Spending
@@ -35,12 +37,21 @@ async def _no_sleep(_: float) -> None:
     return None
 
 
+class _Notices(list[str]):
+    async def append_async(self, text: str) -> None:
+        self.append(text)
+
+
+notices = _Notices()
+
+
 @dataclass
 class Worker:
     """One bot process's worth: its own engine, store, service and admission."""
 
     store: JobStore
     admission: Admission
+    clock: FakeClock
 
     async def close(self) -> None:
         await self.store.close()
@@ -68,8 +79,10 @@ async def _worker(
         spending=Spending(store.engine, defaults),
         guild_settings=GuildSettings(store.engine, defaults),
         clock=clock,
+        on_credits_exhausted=notices.append_async,
+        models=ModelHealth(store),
     )
-    return Worker(store, admission)
+    return Worker(store, admission, clock)
 
 
 @pytest.fixture
@@ -102,11 +115,11 @@ async def _announce(job: Job) -> Conversation:
     return Conversation(thread_id=None, status_message_id=None)
 
 
-async def _request_once(worker: Worker) -> Job | BaseException:
+async def _request_once(worker: Worker, model: str | None = None) -> Job | BaseException:
     requester = Requester(user_id=MEMBER, guild_id=GUILD, channel_ids={CHANNEL})
     try:
         quote = await worker.admission.quote(
-            requester, prompt="waves", model=None, duration=None, resolution=None
+            requester, prompt="waves", model=model, duration=None, resolution=None
         )
         request = AnimateRequest(
             image=photo(),
@@ -191,3 +204,49 @@ async def test_the_servers_default_model_is_used_when_none_is_chosen(
             await worker.close()
     assert quote.spec.id == "openai/sora-2-i2v" and quote.estimate_usd == pytest.approx(0.40)
     assert in_dm.spec.id == settings.default_model
+
+
+async def test_a_model_the_provider_refuses_is_taken_off_and_the_rest_named(
+    store_url: str, provider: FakeProvider
+) -> None:
+    notices.clear()
+    provider.fail_next(
+        "POST",
+        status=400,
+        message="Body validation error!\nmodel: Invalid enum value. Expected 'openai/sora-2-i2v',"
+        " received 'openai/sora-2-pro-i2v'",
+    )
+    settings = settings_for(provider, MEMBER_DAILY_USD="0")
+    async with aiohttp.ClientSession() as session:
+        worker = await _worker(store_url, settings, provider, session)
+        try:
+            refused = await _request_once(worker)
+            posts_after_first = provider.count("POST")
+            again = await _request_once(worker)  # refused at once, nothing sent
+            posts_after_again = provider.count("POST")
+            other = await _request_once(worker, model="openai/sora-2-i2v")
+            worker.clock.advance(3601)
+            later = await _request_once(worker)  # tried again after the hour
+        finally:
+            await worker.close()
+    assert isinstance(refused, ModelUnavailable) and "Sora 2 Pro" in str(refused)
+    assert "Models that work" in str(refused) and "Sora 2," in str(refused) + ","
+    assert isinstance(again, ModelUnavailable) and posts_after_again == posts_after_first
+    assert posts_after_first == 1
+    assert isinstance(other, Job)
+    assert isinstance(later, Job)
+    assert len(notices) == 1 and "Sora 2 Pro" in notices[0]  # servers told once
+
+
+def test_which_provider_errors_mean_the_model_is_gone() -> None:
+    gone = ProviderValidationError(
+        "Body validation error!\nmodel: Invalid enum value. Expected 'a', received 'b'",
+        status=400,
+    )
+    maintenance = ProviderServerError(
+        "The model is under maintenance, please contact us at help@aimlapi.com.", status=500
+    )
+    busy = ProviderServerError("Service unavailable", status=503)
+    prompt = ProviderValidationError("Body validation error!\nprompt: Required", status=400)
+    assert rejects_model(gone) and rejects_model(maintenance)
+    assert not rejects_model(busy) and not rejects_model(prompt)
