@@ -124,6 +124,8 @@ class Job:
     joined_message_id: int | None = None
     """The message with the chain's clips joined into one video."""
     cancelled_by: int | None = None
+    poll_worker: str | None = None
+    """The worker that last claimed the job's poll; while it polls, next_poll_at is its lease."""
 
     @property
     def delivery_channel_id(self) -> int:

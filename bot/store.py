@@ -166,6 +166,7 @@ jobs = sa.Table(
     sa.Column("chain_length", sa.Integer(), nullable=False, server_default="1"),
     sa.Column("joined_message_id", sa.BigInteger(), nullable=True),
     sa.Column("cancelled_by", sa.BigInteger(), nullable=True),
+    sa.Column("poll_worker", sa.Text(), nullable=True),
     # The loop's hot queries: due polls by time, and the per-user quota.
     sa.Index("ix_jobs_state_next_poll_at", "state", "next_poll_at"),
     sa.Index("ix_jobs_requester_id_state", "requester_id", "state"),
@@ -554,6 +555,54 @@ class JobStore:
             "delivery_lease_until": None,
             "updated_at": now,
         }
+        return await self._update_one(job_id, held, values) is not None
+
+    async def claim_due_polls(
+        self, now: datetime, *, worker: str, lease_seconds: float, limit: int
+    ) -> list[Job]:
+        """Take up to `limit` due polls for `worker`, most overdue first, in one transaction.
+
+        The claim moves each job's next_poll_at a lease ahead (and names `worker` in
+        poll_worker), so no other process polls it until this worker has written its next
+        planned time, renewed the lease (`hold_poll`) or died. PostgreSQL picks the rows with
+        `FOR UPDATE SKIP LOCKED`: processes claiming at the same moment split the due jobs
+        instead of queueing on each other's rows. SQLite's write transaction is exclusive.
+
+        Jobs come back as they were before the claim (next_poll_at is the time the poll was
+        planned for, which the timeout accounting needs), with poll_worker set to `worker`.
+        """
+        now = require_aware(now, "now")
+        lease = _lease(lease_seconds)
+        if limit <= 0:
+            return []
+        pick = (
+            sa.select(*_JOB_COLUMNS)
+            .where(jobs.c.state == JobState.POLLING, jobs.c.next_poll_at <= now)
+            .order_by(jobs.c.next_poll_at, jobs.c.id)
+            .limit(limit)
+        )
+        if self._engine.dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        async with self._write.begin() as session:
+            picked = [_row_to_job(row) for row in (await session.execute(pick)).all()]
+            if not picked:
+                return []
+            claim = (
+                jobs.update()
+                .where(jobs.c.id.in_([job.id for job in picked]))
+                .values(next_poll_at=now + lease, poll_worker=worker, updated_at=now)
+            )
+            await session.execute(claim)
+        return [dataclasses.replace(job, poll_worker=worker) for job in picked]
+
+    async def hold_poll(
+        self, job_id: int, *, worker: str, now: datetime, lease_seconds: float
+    ) -> bool:
+        """Renew `worker`'s poll lease while its provider request runs; False if another
+        worker has claimed the job's poll since (or it is no longer polling)."""
+        now = require_aware(now, "now")
+        held = sa.and_(jobs.c.state == JobState.POLLING, jobs.c.poll_worker == worker)
+        values = {"next_poll_at": now + _lease(lease_seconds), "updated_at": now}
         return await self._update_one(job_id, held, values) is not None
 
     # --- the background loop's queries ------------------------------------------------------------

@@ -317,6 +317,66 @@ async def test_two_workers_on_one_database_claim_exactly_once(
     assert stored is not None and stored.delivery_attempts == 1
 
 
+async def test_two_processes_claiming_polls_split_the_due_jobs(
+    store: JobStore, store_url: str
+) -> None:
+    due = [await polling_job(store, T0 - timedelta(seconds=i)) for i in range(12)]
+    later = await polling_job(store, T0 + timedelta(minutes=5))
+    second_process = await JobStore.open(store_url)
+    try:
+        rounds = await asyncio.gather(
+            *(
+                worker.claim_due_polls(T0, worker=name, lease_seconds=30, limit=3)
+                for _ in range(4)
+                for worker, name in ((store, "worker-a"), (second_process, "worker-b"))
+            )
+        )
+    finally:
+        await second_process.close()
+
+    claimed = [job for batch in rounds for job in batch]
+    # Every due job polled once, by one worker; the job not yet due by nobody.
+    assert sorted(job.id for job in claimed) == sorted(job.id for job in due)
+    assert later.id not in {job.id for job in claimed}
+    for job in claimed:
+        stored = await store.get(job.id)
+        assert stored is not None
+        assert stored.poll_worker == job.poll_worker
+        assert stored.next_poll_at == T0 + timedelta(seconds=30)  # the lease
+        # Handed back as planned, for the timeout accounting.
+        assert job.next_poll_at == next(d.next_poll_at for d in due if d.id == job.id)
+    assert await store.claim_due_polls(T0, worker="worker-c", lease_seconds=30, limit=50) == []
+
+
+async def test_poll_lease_is_renewed_by_its_worker_and_taken_over_when_it_lapses(
+    store: JobStore,
+) -> None:
+    job = await polling_job(store, T0)
+    [claimed] = await store.claim_due_polls(T0, worker="a", lease_seconds=3, limit=5)
+    assert claimed.id == job.id
+
+    # While "a" holds it, it is not due for anyone; "a" may renew, "b" may not.
+    assert (
+        await store.claim_due_polls(T0 + timedelta(seconds=2), worker="b", lease_seconds=3, limit=5)
+        == []
+    )
+    assert await store.hold_poll(job.id, worker="a", now=T0 + timedelta(seconds=2), lease_seconds=3)
+    assert not await store.hold_poll(job.id, worker="b", now=T0, lease_seconds=3)
+    assert (
+        await store.claim_due_polls(T0 + timedelta(seconds=4), worker="b", lease_seconds=3, limit=5)
+        == []
+    )
+
+    # "a" died: once its lease lapses, "b" takes the poll, and "a" can no longer renew.
+    [taken] = await store.claim_due_polls(
+        T0 + timedelta(seconds=6), worker="b", lease_seconds=3, limit=5
+    )
+    assert taken.id == job.id and taken.poll_worker == "b"
+    assert not await store.hold_poll(
+        job.id, worker="a", now=T0 + timedelta(seconds=6), lease_seconds=3
+    )
+
+
 async def test_live_lease_holds_and_expired_lease_moves_to_another_worker(store: JobStore) -> None:
     job = await finished_job(store)
     assert [j.id for j in await store.due_for_delivery(T0, limit=10)] == [job.id]
