@@ -598,6 +598,17 @@ class JobService:
 
         return renew
 
+    def _poll_renewer(self, job_id: int) -> Callable[[], Awaitable[bool]]:
+        async def renew() -> bool:
+            return await self.store.hold_poll(
+                job_id,
+                worker=self.worker_id,
+                now=self.clock.now(),
+                lease_seconds=self.settings.lease_seconds,
+            )
+
+        return renew
+
     def _delivery_renewer(self, job_id: int) -> Callable[[], Awaitable[bool]]:
         async def renew() -> bool:
             return await self.store.hold_delivery(
@@ -669,7 +680,14 @@ class JobService:
         ):
             touched += 1
             await self._guarded(job, self._resubmit(job, delivery))
-        due = await self.store.due_for_poll(now, limit=self.settings.max_concurrent_polls * 4)
+        # Claimed, not just read: another process sharing the database never polls these
+        # at the same moment (the claim moves next_poll_at a lease ahead).
+        due = await self.store.claim_due_polls(
+            now,
+            worker=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+            limit=self.settings.max_concurrent_polls * 4,
+        )
         touched += len(due)
         await asyncio.gather(*(self._guarded(job, self._poll(job, delivery)) for job in due))
         free = self.settings.max_concurrent_deliveries - len(self._deliveries)
@@ -777,7 +795,9 @@ class JobService:
         async with self._poll_slots:
             # Always ask the provider, even past the deadline: it may have finished in time.
             try:
-                state = await self.provider.fetch(job.provider_job_id)
+                state = await self._while_holding(
+                    self._poll_renewer(job.id), self.provider.fetch(job.provider_job_id)
+                )
             except ProviderNotFound as exc:
                 await self._conclude(job, Outcome.FAILED, error=user_message(exc))
                 return
