@@ -6,7 +6,8 @@ Bad input always ends in `ImageRejected`, whose reason is shown to the user as i
 
 Pipeline: check bytes -> sniff format -> read size, pixel layout and variant from the header ->
 refuse bombs and estimate the decode memory before any pixel is decoded -> decode in the file's
-own mode (JPEG at a reduced DCT scale when the source is much larger) -> read the decoded image
+own mode (JPEG at a reduced DCT scale when the source is much larger; HEIC through pillow-heif,
+AVIF through Pillow's libavif plugin, both whole) -> read the decoded image
 in strips of rows, each converted to a working mode (L, La, RGB, RGBa, CMYK: premultiplied alpha,
 16-bit and palette images made 8-bit) and reduced by an integer factor -> one resize to the exact
 size, strip by strip -> alpha over white, sRGB and EXIF rotation on the small output -> JPEG.
@@ -26,7 +27,7 @@ import io
 import math
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -34,6 +35,7 @@ from typing import Literal
 # Importing the plugins registers them now, so Image.open(formats=[...]) never has to run
 # Pillow's lazy global plugin initialisation from several threads at once.
 from PIL import (
+    AvifImagePlugin,
     BmpImagePlugin,  # noqa: F401
     ExifTags,
     GifImagePlugin,  # noqa: F401
@@ -50,12 +52,36 @@ from PIL import (
 from bot.catalog import Orientation, Preset
 from bot.errors import ImageRejected
 
+try:
+    # HEIC/HEIF (iPhone photos) through libheif. Registering the opener is Pillow's global
+    # plugin table, done once here like the imports above. Thumbnails, depth maps and other
+    # auxiliary images are never used, so libheif is not asked to read them.
+    import pillow_heif
+
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+    _HAVE_HEIF = True
+except ImportError:  # the bot still runs without it; HEIC is then refused by name
+    _HAVE_HEIF = False
+
 OrientationChoice = Literal["auto", "landscape", "portrait"]
 FitMode = Literal["crop", "pad"]
 
-SUPPORTED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP"})
-_FORMATS_TEXT = "JPEG, PNG, WebP, GIF or BMP"
-_FORMAT_NAMES = {"WEBP": "WebP"}
+# In the order a refusal lists them. HEIC comes from pillow-heif, AVIF from Pillow's own
+# plugin (libavif); either is left out, and refused by name, where its library is missing.
+_FORMAT_ORDER = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "HEIC", "AVIF")
+_AVAILABLE = {"HEIC": _HAVE_HEIF, "AVIF": AvifImagePlugin.SUPPORTED and features.check("avif")}
+SUPPORTED_FORMATS = frozenset(f for f in _FORMAT_ORDER if _AVAILABLE.get(f, True))
+_FORMAT_NAMES = {"WEBP": "WebP", "PSD": "Photoshop (PSD)"}
+# Pillow's name for a format where it differs from ours (pillow-heif registers "HEIF").
+_PILLOW_FORMATS = {"HEIC": "HEIF"}
+
+
+def _or_list(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+_FORMATS_TEXT = _or_list([_FORMAT_NAMES.get(f, f) for f in _FORMAT_ORDER if f in SUPPORTED_FORMATS])
+"""What a refusal tells the member to send: "JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF"."""
 
 JPEG_QUALITY = 93
 # 4:4:4: no chroma subsampling, so thin coloured edges reach the model intact.
@@ -95,6 +121,7 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     TypeError,
     ZeroDivisionError,
     struct.error,
+    RuntimeError,  # libavif's and libheif's decode failures, as Pillow and pillow-heif raise them
 )
 _BOMB_ERRORS: tuple[type[BaseException], ...] = (
     Image.DecompressionBombError,
@@ -127,9 +154,11 @@ class ImageLimits:
     max_decode_bytes: int = 256 * MIB
     """Memory one image may need while it is fitted, estimated from its header before anything
     is decoded. Every PNG, GIF, BMP, baseline JPEG and 4:2:0 progressive JPEG under the default
-    `max_pixels` fits; what does not is a WebP over ~15 MP (libwebp keeps ~16 bytes per pixel)
-    and a 4:4:4 or CMYK progressive JPEG over ~30-40 MP (full-size coefficient buffers). Those
-    are refused with the size that would work."""
+    `max_pixels` fits; what does not is a WebP over ~15 MP (libwebp keeps ~16 bytes per pixel),
+    a 4:4:4 or CMYK progressive JPEG over ~30-40 MP (full-size coefficient buffers), an 8-bit
+    HEIC over ~30 MP (a 12 or 24 MP iPhone photo fits, a 48 MP one does not: neither libheif
+    nor libavif decodes at a reduced scale) and an AVIF over ~23 MP. Those are refused with the
+    size that would work."""
 
 
 @dataclass(frozen=True)
@@ -155,20 +184,25 @@ def jpeg_data_uri(jpeg: bytes) -> str:
 # --- format sniffing ------------------------------------------------------------------------
 
 _BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
-_HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"})
+_HEIC_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"hevm", b"hevs"})
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+_HEIF_GENERIC_BRANDS = frozenset({b"mif1", b"msf1", b"mif2", b"miaf"})
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF, then BigTIFF
+_JXL_CONTAINER = b"\x00\x00\x00\x0cJXL \r\n\x87\n"
+_JP2_CONTAINER = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
 
 
 def detect_format(data: bytes) -> str | None:
     """The image format, from magic numbers only (file names and content types can lie).
 
-    Recognises a few formats we do not accept (HEIC, AVIF, TIFF) so the refusal can name them.
+    Recognises a few formats we do not accept (TIFF, JPEG XL, JPEG 2000, PSD) so the refusal
+    can name them.
     """
     head = bytes(data[:32])
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"  # includes MPO (multi-picture JPEG from phones and 3D cameras)
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
+        return "PNG"  # includes APNG
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "GIF"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
@@ -177,14 +211,31 @@ def detect_format(data: bytes) -> str | None:
     if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
         return "BMP"
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand in (b"avif", b"avis"):
-            return "AVIF"
-        if brand in _HEIF_BRANDS:
-            return "HEIC"
+        return _heif_kind(data)
     if head[:4] in _TIFF_MAGIC:
         return "TIFF"  # BigTIFF is a TIFF to the people who send it
+    if head.startswith((b"\xff\x0a", _JXL_CONTAINER)):
+        return "JPEG XL"
+    if head.startswith((b"\xff\x4f\xff\x51", _JP2_CONTAINER)):
+        return "JPEG 2000"
+    if head.startswith(b"8BPS"):
+        return "PSD"
     return None
+
+
+def _heif_kind(data: bytes) -> str | None:
+    """HEIC or AVIF, from the brands of the `ftyp` box. A file may carry only the generic
+    HEIF brand as its major brand and say what it holds among the compatible ones."""
+    size = int.from_bytes(data[:4], "big")
+    end = min(len(data), size if size >= 16 else 16)
+    brands = {bytes(data[8:12])} | {bytes(data[i : i + 4]) for i in range(16, end - 3, 4)}
+    if bytes(data[8:12]) in _AVIF_BRANDS or (
+        bytes(data[8:12]) not in _HEIC_BRANDS and brands & _AVIF_BRANDS
+    ):
+        return "AVIF"
+    if brands & (_HEIC_BRANDS | _HEIF_GENERIC_BRANDS):
+        return "HEIC"  # a HEIF that is not AVIF is, in practice, an HEVC photo
+    return None  # an MP4, MOV or 3GP video, say
 
 
 # --- what the header says -------------------------------------------------------------------
@@ -255,6 +306,8 @@ def _read_header(data: bytes, fmt: str) -> _Header:
             return _Header(_webp_size(data), _WEBP_BYTES_PER_PIXEL, "WebP")
         if fmt == "JPEG":
             return _jpeg_header(data)
+        if fmt in ("HEIC", "AVIF"):
+            return _heif_header(data, fmt)
     except struct.error:
         pass
     return _Header(None, 4, _FORMAT_NAMES.get(fmt, fmt))
@@ -398,6 +451,144 @@ def _jpeg_coefficient_bytes(frame: _JpegFrame) -> int:
     return blocks * 128
 
 
+# --- HEIC and AVIF (ISO base media file format) ----------------------------------------------
+
+
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, body start, body end) of each box in data[start:end]; stops at a broken one."""
+    i = start
+    while i + 8 <= end:
+        size, kind = struct.unpack(">I4s", data[i : i + 8])
+        body = i + 8
+        if size == 1:  # a 64-bit size follows the type
+            size = int.from_bytes(data[body : body + 8], "big")
+            body += 8
+        elif size == 0:  # to the end of the enclosing box
+            size = end - i
+        if size < body - i:
+            return
+        yield kind, body, min(end, i + size)
+        i += size
+
+
+def _child(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    return next(((b, e) for k, b, e in _boxes(data, start, end) if k == kind), None)
+
+
+@dataclass(frozen=True)
+class _HeifImage:
+    """The primary image, from its item properties: what libheif or libavif will decode."""
+
+    size: tuple[int, int] | None
+    """Coded size (`ispe`), before any rotation (`irot`)."""
+    quarter_turns: int
+    bits: int
+    chroma_planes: float
+    """Chroma samples per pixel: 0 (monochrome), 0.5 (4:2:0), 1 (4:2:2) or 2 (4:4:4)."""
+    alpha: bool
+
+
+def _heif_primary(data: bytes) -> _HeifImage | None:
+    meta = _child(data, 0, len(data), b"meta")
+    if meta is None:
+        return None
+    start, end = meta[0] + 4, meta[1]  # a full box: version and flags first
+    pitm = _child(data, start, end, b"pitm")
+    iprp = _child(data, start, end, b"iprp")
+    if pitm is None or iprp is None:
+        return None
+    primary = struct.unpack_from(">H" if data[pitm[0]] == 0 else ">I", data, pitm[0] + 4)[0]
+    ipco = _child(data, *iprp, b"ipco")
+    if ipco is None:
+        return None
+    properties = list(_boxes(data, *ipco))
+    size, turns, bits, chroma = None, 0, 8, 0.5
+    for index in _heif_associations(data, iprp, primary):
+        if not 1 <= index <= len(properties):
+            continue
+        kind, b, e = properties[index - 1]
+        if kind == b"ispe" and e - b >= 12:
+            size = _nonzero(*struct.unpack_from(">II", data, b + 4))
+        elif kind == b"irot" and e > b:
+            turns = data[b] & 3
+        elif kind == b"pixi" and e - b >= 6:
+            bits = max(bits, max(data[b + 5 : min(e, b + 5 + data[b + 4])], default=8))
+        elif kind == b"av1C" and e - b >= 3:
+            flags = data[b + 2]
+            bits = max(bits, 12 if flags & 0x20 else 10 if flags & 0x40 else 8)
+            chroma = 0.0 if flags & 0x10 else {3: 0.5, 2: 1.0}.get((flags >> 2) & 3, 2.0)
+        elif kind == b"hvcC" and e - b >= 19:
+            chroma = {0: 0.0, 1: 0.5, 2: 1.0}.get(data[b + 16] & 3, 2.0)
+            bits = max(bits, 8 + (data[b + 17] & 7))
+    # An alpha plane is a separate auxiliary image; its type URN is enough to know it is there.
+    alpha = b"auxiliary:alpha" in data[start:end] or b"hevc:2015:auxid:1" in data[start:end]
+    return _HeifImage(size, turns, bits, chroma, alpha)
+
+
+def _heif_associations(data: bytes, iprp: tuple[int, int], item: int) -> list[int]:
+    """Indexes (1-based, into `ipco`) of the properties of `item`, from every `ipma` box."""
+    found: list[int] = []
+    for kind, b, e in _boxes(data, *iprp):
+        if kind != b"ipma":
+            continue
+        version, wide = data[b], data[b + 3] & 1
+        count = int.from_bytes(data[b + 4 : b + 8], "big")
+        i = b + 8
+        for _ in range(count):
+            if i >= e:
+                break
+            item_id = struct.unpack_from(">H" if version < 1 else ">I", data, i)[0]
+            i += 2 if version < 1 else 4
+            n = data[i]
+            i += 1
+            for _ in range(n):
+                if wide:
+                    index = int.from_bytes(data[i : i + 2], "big") & 0x7FFF
+                    i += 2
+                else:
+                    index = data[i] & 0x7F
+                    i += 1
+                if item_id == item:
+                    found.append(index)
+    return found
+
+
+# Measured (Pillow 13, libavif 1.4 with dav1d, pillow-heif 1.8 with libheif 1.23 and libde265),
+# 8- and 10-bit, 4:2:0 and 4:4:4, with and without alpha: the peak grows by at most the figure
+# of _heif_header's formula per pixel, less than this margin.
+_HEIC_MARGIN_BYTES_PER_PIXEL = 1.0
+_AVIF_MARGIN_BYTES_PER_PIXEL = 2.0
+# When the properties cannot be read: 10-bit 4:4:4 with alpha, the heaviest a photo carries.
+_HEIF_FALLBACK_BYTES_PER_PIXEL = 21.0
+
+
+def _heif_header(data: bytes, fmt: str) -> _Header:
+    """Size and decode memory of a HEIC or AVIF. Neither decoder can decode at a reduced
+    scale: the whole picture is decoded to planes (YCbCr, maybe 16-bit, maybe an alpha plane),
+    converted to interleaved 8-bit RGB(A) and copied into Pillow's 4-byte pixels."""
+    try:
+        image = _heif_primary(data)
+    except IndexError:  # a box cut short
+        image = None
+    if image is None:
+        return _Header(None, _HEIF_FALLBACK_BYTES_PER_PIXEL, fmt)
+    sample = 2 if image.bits > 8 else 1
+    planes = (1 + image.chroma_planes + (1 if image.alpha else 0)) * sample
+    channels = 4 if image.alpha else 3
+    if fmt == "HEIC":
+        # libde265's picture and libheif's copy of it beside the RGB(A) they become; then that
+        # RGB(A) copied into Pillow's 4-byte pixels once the planes are gone.
+        per_pixel = max(2 * planes + channels, channels + 4) + _HEIC_MARGIN_BYTES_PER_PIXEL
+    else:
+        # dav1d's picture stays while its RGB(A) (as a bytes object) is copied into Pillow's.
+        per_pixel = planes + channels + 4 + _AVIF_MARGIN_BYTES_PER_PIXEL
+    kind = f"{image.bits}-bit {fmt}" if image.bits > 8 else fmt
+    size = image.size
+    if size is not None and fmt == "HEIC" and image.quarter_turns % 2:
+        size = (size[1], size[0])  # libheif turns the image upright: Pillow sees it turned
+    return _Header(size, per_pixel, kind)
+
+
 # --- memory ---------------------------------------------------------------------------------
 
 # Beyond the decoded image: the strips in flight (a native crop, its conversion and
@@ -503,7 +694,7 @@ def _not_image(data: bytes, fmt: str | None) -> ImageRejected:
             "not_image", f"The file is empty (0 bytes). Please send a {_FORMATS_TEXT} image."
         )
     what = (
-        f"{_with_article(fmt)} image, which the bot can't use"
+        f"{_with_article(_display(fmt))} image, which the bot can't use"
         if fmt
         else "not an image the bot can read"
     )
@@ -687,7 +878,8 @@ def _decode_and_fit(
 ) -> _Fitted:
     """Decode in the file's own mode and fit it. The decoded image (and for WebP the decoder's
     canvases) lives only inside this call, so it is gone before the JPEG is encoded."""
-    with Image.open(io.BytesIO(data), formats=[checked.fmt]) as src:
+    pillow_format = _PILLOW_FORMATS.get(checked.fmt, checked.fmt)
+    with Image.open(io.BytesIO(data), formats=[pillow_format]) as src:
         stored = src.size
         _check_pixels(stored, limits)  # again, from Pillow's parse, in case ours found nothing
         if checked.decode_bytes is None or stored != checked.header.size:
@@ -702,7 +894,11 @@ def _decode_and_fit(
                 src.draft(src.mode, want)  # decode at 1/2, 1/4 or 1/8 scale, still >= want
             src.load()
         else:
-            src.load()  # first frame of an animation; PNG may keep its EXIF after the pixels
+            # The first frame of an animation (GIF, APNG, WebP, AVIF sequence); PNG may keep
+            # its EXIF after the pixels. A HEIC comes out of libheif already turned upright
+            # (its `irot`/`imir`) with the EXIF orientation reset; an AVIF's turn is given as
+            # the EXIF orientation by Pillow, so it is applied below like any other.
+            src.load()
             exif = _exif_orientation(src)
         choice, scale = _plan(stored, exif, preset, orientation, fit)
         # `scale` is relative to the stored size; the draft may already have done part of it.
