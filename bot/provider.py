@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import json
 import logging
@@ -47,9 +48,9 @@ import random as _random
 import socket
 import tempfile
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal, NoReturn, TypeVar
+from typing import Any, BinaryIO, Concatenate, Literal, NoReturn, ParamSpec, TypeVar
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -68,10 +69,12 @@ from bot.errors import (
     ProviderValidationError,
     VideoTooLarge,
 )
+from bot.metrics import NO_METRICS, Metrics
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 GENERATIONS_PATH = "/v2/video/generations"
 
@@ -294,6 +297,27 @@ class _Retry(Exception):
         self.reason = reason
 
 
+def _measured(
+    operation: str,
+) -> Callable[
+    [Callable[Concatenate[ProviderClient, P], Coroutine[Any, Any, T]]],
+    Callable[Concatenate[ProviderClient, P], Coroutine[Any, Any, T]],
+]:
+    """Time a public call (retries included) and count its error class, in `self.metrics`."""
+
+    def wrap(
+        method: Callable[Concatenate[ProviderClient, P], Coroutine[Any, Any, T]],
+    ) -> Callable[Concatenate[ProviderClient, P], Coroutine[Any, Any, T]]:
+        @functools.wraps(method)
+        async def measured(self: ProviderClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
+            with self.metrics.provider_call(operation):
+                return await method(self, *args, **kwargs)
+
+        return measured
+
+    return wrap
+
+
 class ProviderClient:
     """Talks to the AI/ML API. `sleep` and `random` are injectable so tests never wait."""
 
@@ -308,6 +332,7 @@ class ProviderClient:
         random: Callable[[], float] = _random.random,
         video_hosts: Iterable[str] = DEFAULT_VIDEO_URL_HOSTS,
         resolver: Callable[[], AbstractResolver] | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         """`video_hosts`: host suffixes (besides the base URL's host) that may serve result
         links (VIDEO_URL_HOSTS). `resolver` makes the DNS resolver downloads use (a test seam;
@@ -322,6 +347,7 @@ class ProviderClient:
         self._random = random
         self._video_policy = VideoUrlPolicy.build(self._base_url, video_hosts)
         self._resolver_factory = resolver
+        self.metrics = metrics
 
     def __repr__(self) -> str:
         return f"ProviderClient(base_url={self._base_url!r})"
@@ -336,6 +362,7 @@ class ProviderClient:
 
     # --- submit --------------------------------------------------------------------------------
 
+    @_measured("submit")
     async def submit(self, body: dict[str, Any]) -> GenerationState:
         """Create a generation. Retries only where no job can have been created (module doc)."""
         model = body.get("model")
@@ -410,6 +437,7 @@ class ProviderClient:
 
     # --- fetch ---------------------------------------------------------------------------------
 
+    @_measured("poll")
     async def fetch(self, generation_id: str) -> GenerationState:
         """Poll one generation. Safe to repeat, so transient failures are retried."""
 
@@ -458,6 +486,7 @@ class ProviderClient:
         except ValueError:
             return False
 
+    @_measured("download")
     async def download(
         self, url: str, dest_dir: pathlib.Path, *, max_bytes: int
     ) -> DownloadedVideo:

@@ -50,6 +50,7 @@ from bot.imaging import (
     jpeg_data_uri,
 )
 from bot.jobs import Job, JobState, NewJob, Outcome
+from bot.metrics import NO_METRICS, Metrics
 from bot.provider import DownloadedVideo, GenerationState, ProviderClient, VideoLinkRefused
 from bot.store import JobStore
 
@@ -241,8 +242,10 @@ class JobService:
         rng: Callable[[], float] = random.random,
         retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fitter: ImageFitter | None = None,
+        metrics: Metrics = NO_METRICS,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.provider = provider
         self.clock: Clock = clock or SystemClock()
@@ -414,6 +417,7 @@ class JobService:
             next_poll_at=None,
         )
         if abandoned is not None:
+            self.metrics.job_finished(outcome=Outcome.FAILED, model=job.model)
             log.info("job %s: abandoned before submit (%s)", job.id, reason)
 
     async def cancel(self, job_id: int, *, actor_id: int) -> Job | None:
@@ -435,6 +439,7 @@ class JobService:
             image_data=None,
         )
         if cancelled is not None:
+            self.metrics.job_finished(outcome=Outcome.CANCELLED, model=cancelled.model)
             log.info("job %s: cancelled by %s", job_id, actor_id)
         return cancelled
 
@@ -961,13 +966,16 @@ class JobService:
             changes["cost_usd"] = cost_usd
         if status is not None:
             changes["provider_status"] = status
-        return await self.store.transition(
+        concluded = await self.store.transition(
             job.id,
             from_states=from_states or [JobState.POLLING],
             to_state=JobState.TO_DELIVER,
             now=now,
             **changes,
         )
+        if concluded is not None:  # counted once, by the process whose transition won
+            self.metrics.job_finished(outcome=outcome, model=job.model)
+        return concluded
 
     # --- delivery ------------------------------------------------------------------------------
 
@@ -1001,6 +1009,9 @@ class JobService:
         )
         await self._forget_video(job.id)
         if done:
+            if claimed.finished_at is not None and claimed.outcome is not None:
+                lag = (self.clock.now() - claimed.finished_at).total_seconds()
+                self.metrics.delivered(outcome=claimed.outcome, lag_seconds=lag)
             await self.refresh_status(delivery, job.id)
             log.info("job %s: delivered (%s)", job.id, claimed.outcome)
             await self._tell_delivered(job.id)
@@ -1124,10 +1135,13 @@ class JobService:
                 info = await asyncio.to_thread(fit_to_size, video.path, dest, budget)
             except VideoError:
                 log.warning("job %s: the video could not be re-encoded", job.id)
+                self.metrics.reencoded("error")
                 return None
         if info is None:
             log.info("job %s: no acceptable encode fits %d bytes", job.id, budget)
+            self.metrics.reencoded("no_fit")
             return None
+        self.metrics.reencoded("fitted")
         log.info("job %s: re-encoded %d -> %d bytes", job.id, video.size, info.size_bytes)
         fitted = DownloadedVideo(path=dest, size=info.size_bytes, content_type="video/mp4")
         self._encoded[job.id] = fitted

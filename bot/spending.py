@@ -523,6 +523,31 @@ class Spending:
             rows = (await conn.execute(query)).all()
         return [(int(member), to_usd(int(micros))) for member, micros in rows]
 
+    async def month_totals(self, now: datetime) -> tuple[float, float]:
+        """(held, settled) USD of the whole bot for reservations made this UTC month: held is
+        what unfinished videos reserve, settled what finished ones cost (released ones: 0).
+        Their sum is what BOT_MONTHLY_USD is checked against."""
+        reserve = ledger.alias("reserve")
+        closer = ledger.alias("closer")
+        amount = reserve.c.amount_micro_usd
+        held = sa.func.sum(sa.case((closer.c.id.is_(None), amount), else_=0))
+        settled = sa.func.sum(
+            sa.case(
+                (closer.c.kind == LedgerKind.SETTLE, amount + closer.c.amount_micro_usd), else_=0
+            )
+        )
+        query = (
+            sa.select(sa.func.coalesce(held, 0), sa.func.coalesce(settled, 0))
+            .select_from(reserve.outerjoin(closer, closer.c.reservation_id == reserve.c.id))
+            .where(
+                reserve.c.kind == LedgerKind.RESERVE,
+                reserve.c.spent_at >= month_start(require_aware(now, "now")),
+            )
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).one()
+        return to_usd(int(row[0])), to_usd(int(row[1]))
+
     # --- out-of-credits pause -------------------------------------------------------------------
 
     async def pause_submissions(self, until: datetime, *, now: datetime) -> bool:
