@@ -108,6 +108,29 @@ def linear_rgb_icc() -> bytes:
     Pixels tagged with it must be brightened on conversion to sRGB: linear 50% grey is
     sRGB ~188, so an untouched 128 proves the profile was ignored.
     """
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0100) + b"\0\0"  # gamma 1.0
+    srgb_primaries = ((0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141))
+    return _rgb_icc(b"linear sRGB test", srgb_primaries, curve)
+
+
+def display_p3_icc() -> bytes:
+    """Display P3 as iPhones tag their photos: P3 primaries (adapted to D50), sRGB's curve.
+
+    P3 (220, 80, 60) is sRGB ~(238, 65, 48): redder than sRGB can say with the same numbers.
+    """
+    table = [_srgb_to_linear(i / 1023) for i in range(1024)]
+    curve = b"curv\0\0\0\0" + struct.pack(">I", len(table))
+    curve += b"".join(struct.pack(">H", round(v * 65535)) for v in table)
+    p3_primaries = ((0.5151, 0.2412, -0.0011), (0.2919, 0.6922, 0.0419), (0.1572, 0.0666, 0.7841))
+    return _rgb_icc(b"Display P3 test", p3_primaries, curve)
+
+
+def _srgb_to_linear(v: float) -> float:
+    return v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4
+
+
+def _rgb_icc(name: bytes, primaries: tuple[tuple[float, float, float], ...], curve: bytes) -> bytes:
+    """A minimal ICC v2 RGB display profile with the given colorants and one curve for all."""
 
     def s15(v: float) -> bytes:
         return struct.pack(">i", round(v * 65536))
@@ -115,7 +138,7 @@ def linear_rgb_icc() -> bytes:
     def xyz(x: float, y: float, z: float) -> bytes:
         return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
 
-    text = b"linear sRGB test\0"
+    text = name + b"\0"
     desc = (
         b"desc\0\0\0\0"
         + struct.pack(">I", len(text))
@@ -124,14 +147,13 @@ def linear_rgb_icc() -> bytes:
         + b"\0\0\0"  # no ScriptCode description
         + b"\0" * 67
     )
-    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0100) + b"\0\0"  # gamma 1.0
     d50 = (0.9642, 1.0, 0.8249)
     tags = [
         (b"desc", desc),
         (b"wtpt", xyz(*d50)),
-        (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)),  # sRGB primaries adapted to D50
-        (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
-        (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)),
+        (b"rXYZ", xyz(*primaries[0])),  # colorants adapted to D50
+        (b"gXYZ", xyz(*primaries[1])),
+        (b"bXYZ", xyz(*primaries[2])),
         (b"rTRC", curve),
         (b"gTRC", curve),
         (b"bTRC", curve),

@@ -45,6 +45,7 @@ from tests.images import (
     bmp,
     close_to,
     decode,
+    display_p3_icc,
     encode,
     linear_rgb_icc,
     mean_colour,
@@ -941,6 +942,10 @@ def test_every_decode_path_stays_within_its_memory_estimate(tmp_path: Path) -> N
             solid(RED, (2400, 2400)), "JPEG", progressive=True, subsampling=0
         ),
         "lossless.webp": encode(solid(RED, side), "WEBP", lossless=True),
+        # Their heaviest 8-bit layouts (HEIC smaller: x265 takes seconds over a large frame).
+        "alpha.heic": encode(solid((9, 9, 9, 99), (2000, 2000), "RGBA"), "HEIF"),
+        "alpha.avif": encode(solid((9, 9, 9, 99), side, "RGBA"), "AVIF", speed=10),
+        "444.avif": encode(solid(RED, side), "AVIF", speed=10, subsampling="4:4:4"),
     }
     for name, data in cases.items():
         (tmp_path / name).write_bytes(data)
@@ -1188,3 +1193,114 @@ async def test_a_cancelled_fit_keeps_its_memory_until_its_thread_is_done(
     assert gate.peak == 1
     assert (fitter.running, fitter.reserved_bytes) == (0, 0)
     fitter.close()
+
+
+# --- pictures people attach: HEIC (iPhone), AVIF, APNG ------------------------------------------
+
+
+def _heif_with_size(data: bytes, width: int, height: int) -> bytes:
+    """The same HEIC/AVIF with item properties (`ispe`) that claim another size."""
+    out = bytearray(data)
+    at = out.find(b"ispe")
+    assert at > 0
+    while at > 0:
+        out[at + 8 : at + 16] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+        at = out.find(b"ispe", at + 4)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("fmt", ["HEIC", "AVIF"])
+@pytest.mark.parametrize("orientation", [6, 8])
+def test_heic_and_avif_photos_turned_by_exif_come_out_upright(fmt: str, orientation: int) -> None:
+    # A phone stores a portrait photo sideways and says how to turn it: in HEIF files as an
+    # `irot` item property, with the EXIF orientation saying the same (both are written here).
+    scene = quadrants((360, 480))
+    data = with_orientation(scene, orientation, PILLOW_NAME.get(fmt, fmt))
+    assert detect_format(data) == fmt
+    result, frame = prepared(data)
+    assert result.source_format == fmt
+    assert result.source_size == (360, 480)
+    assert (result.width, result.height) == (720, 1280)  # portrait, at the preset size
+    assert_quadrants(frame)  # red top-left, green top-right: upright, not mirrored
+
+
+@pytest.mark.parametrize("fmt", ["HEIC", "AVIF"])
+def test_display_p3_photo_comes_out_in_srgb(fmt: str) -> None:
+    # iPhones tag their photos Display P3: the same numbers mean a redder red than in sRGB.
+    im = solid((220, 80, 60))
+    data = encode(im, PILLOW_NAME.get(fmt, fmt), icc_profile=display_p3_icc(), quality=95)
+    _, frame = prepared(data)
+    assert close_to(centre(frame), (238, 65, 48), 4), centre(frame)
+
+
+def test_generic_heif_brand_is_told_apart_by_its_compatible_brands() -> None:
+    # Some encoders write only "mif1" as the major brand and name the codec among the others.
+    avif = bytearray(encode(quadrants((400, 300)), "AVIF"))
+    assert avif[8:12] == b"avif"
+    avif[8:12] = b"mif1"
+    assert detect_format(bytes(avif)) == "AVIF"
+    assert_quadrants(prepared(bytes(avif))[1])
+    heic = encode(quadrants((400, 300)), "HEIF")
+    assert detect_format(heic) == "HEIC"
+    assert detect_format(b"\0\0\0\x18ftypisom\0\0\0\0isommp42" + b"\0" * 100) is None  # a video
+
+
+def test_animated_png_uses_the_first_frame() -> None:
+    frames = [solid(c) for c in (GREEN, RED, BLUE)]
+    data = encode(frames[0], "PNG", save_all=True, append_images=frames[1:], duration=100)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    result, frame = prepared(data)
+    assert result.source_format == "PNG"
+    assert close_to(centre(frame), GREEN, TOL)
+
+
+def test_animated_avif_uses_the_first_frame() -> None:
+    frames = [solid(c) for c in (BLUE, GREEN, RED)]
+    data = encode(frames[0], "AVIF", save_all=True, append_images=frames[1:], duration=100)
+    assert getattr(Image.open(io.BytesIO(data)), "n_frames", 1) == 3
+    result, frame = prepared(data)
+    assert result.source_format == "AVIF"
+    assert close_to(centre(frame), BLUE, TOL)
+
+
+def test_heic_and_avif_are_supported_and_listed() -> None:
+    assert {"HEIC", "AVIF"} <= SUPPORTED_FORMATS
+    reason = rejected(b"\0\0\0\x0cJXL \r\n\x87\n" + b"\0" * 500, "not_image")
+    assert reason == (
+        "That file (1 KB) is a JPEG XL image, which the bot can't use. "
+        "Please send a JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF image."
+    )
+
+
+def test_iphone_photo_sizes_fit_the_memory_a_picture_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 12 MP (most iPhones) and 24 MP (the default since the iPhone 15) HEIC photos are fitted;
+    # the estimate comes from the header alone.
+    small = encode(quadrants((400, 300)), "HEIF")
+    monkeypatch.setattr(Image, "open", _refuse_open)
+    for size in ((4032, 3024), (5712, 4284)):
+        need = estimate_decode_bytes(_heif_with_size(small, *size), preset=P1080)
+        assert need is not None and need <= ImageLimits().max_decode_bytes, size
+    twelve = estimate_decode_bytes(_heif_with_size(small, 4032, 3024), preset=P720)
+    assert twelve is not None and 12 * 7 * MB <= twelve <= 12 * 12 * MB + 30 * MB
+
+
+@pytest.mark.parametrize("fmt", ["HEIC", "AVIF"])
+def test_huge_heic_or_avif_is_refused_from_its_header_with_a_size_that_works(
+    fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 48 MP iPhone "HEIF Max" photo: under the pixel limit, but libheif decodes it whole.
+    small = encode(quadrants((400, 300)), PILLOW_NAME.get(fmt, fmt))
+    data = _heif_with_size(small, 8064, 6048)
+    monkeypatch.setattr(Image, "open", _refuse_open)  # refused before anything is decoded
+    reason = rejected(data, "too_many_pixels")
+    assert "8064×6048 pixels (48.8 MP)" in reason
+    assert f"{'a HEIC' if fmt == 'HEIC' else 'an AVIF'} that large" in reason
+    found = re.search(r"up to about ([\d.]+) MP", reason)
+    assert found, reason
+    side = int((float(found.group(1)) * 1_000_000) ** 0.5)
+    need = estimate_decode_bytes(_heif_with_size(small, side, side), preset=P720)
+    assert need is not None and need <= ImageLimits().max_decode_bytes
+    # Over the pixel limit it is the pixel count that is named, as for every format.
+    assert "the limit is 50.0 MP" in rejected(_heif_with_size(small, 9000, 9000), "too_many_pixels")
