@@ -187,7 +187,10 @@ class Animate(commands.Cog):
 
     @app_commands.command(name="animate", description="Turn a picture into a short video")
     @app_commands.describe(
-        image="The picture to animate (JPEG, PNG, WebP, GIF or BMP); it becomes the first frame",
+        image=(
+            "The picture to animate (JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF); "
+            "it becomes the first frame"
+        ),
         prompt="What should happen in the video",
         duration="Length in seconds (depends on the model; Sora 2: 4, 8 or 12)",
         orientation="Landscape or portrait; auto follows the picture",
@@ -345,7 +348,7 @@ class Animate(commands.Cog):
             raise ImageRejected(
                 "not_image",
                 f"“{attachment.filename}” is not a picture. "
-                "Attach a JPEG, PNG, WebP, GIF or BMP image.",
+                "Attach a JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF image.",
             )
         return await attachment.read()
 
