@@ -86,6 +86,8 @@ def configure_logging(level: str, gateway_url: str | None = None) -> None:
     logging.getLogger("discord").setLevel(max(logging.INFO, getattr(logging, level)))
     if gateway_url is not None:
         logging.getLogger("discord.client").addFilter(GatewayRetryInOneLine(gateway_url))
+        # A sharded bot retries each shard's connection itself (discord.shard), likewise.
+        logging.getLogger("discord.shard").addFilter(GatewayRetryInOneLine(gateway_url))
 
 
 class GatewayRetryInOneLine(logging.Filter):
@@ -98,7 +100,8 @@ class GatewayRetryInOneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if error is not None and str(record.msg).startswith("Attempting a reconnect"):
+        retrying = ("Attempting a reconnect", "Failed to connect for shard_id")
+        if error is not None and str(record.msg).startswith(retrying):
             reason = explain_gateway_error(error, self.gateway_url)
             if reason is not None:
                 record.msg = f"{record.getMessage()}. {reason}"
@@ -312,9 +315,9 @@ async def start_once(settings: Settings, *, sync_only: bool) -> StartupProblem |
 
     A fresh bot each time: a half-started one (sessions, store) is closed by `async with`.
     """
-    from bot.discord_bot import AnimateBot
+    from bot.discord_bot import build_bot
 
-    bot = AnimateBot(settings, sync_mode="force" if sync_only else "auto")
+    bot = build_bot(settings, sync_mode="force" if sync_only else "auto")
     async with bot:
         try:
             await bot.login(settings.discord_token.reveal())  # setup_hook runs here

@@ -6,13 +6,11 @@ after loading `.env`, and tests pass a plain dict.
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from bot.catalog import CATALOG, DEFAULT_MODEL_ID, ModelSpec
 from bot.errors import ConfigError
@@ -105,10 +103,11 @@ class Settings:
     max_video_bytes: int = 200 * 1024 * 1024
     http_timeout_seconds: float = 60.0
     log_level: str = "INFO"
-    # Prometheus /metrics and /healthz: off unless a port is set. Loopback by default: the
-    # figures are operational detail, so exposing them beyond the machine is a choice.
-    metrics_port: int | None = None
-    metrics_host: str = "127.0.0.1"
+    # Discord shards this process connects. None: one connection (a bot in fewer than 2,500
+    # servers); "auto": as many as Discord recommends (discord.py's automatic sharding); a
+    # number: that many in all, of which this process runs `shard_ids` (default: every one).
+    shard_count: int | Literal["auto"] | None = None
+    shard_ids: tuple[int, ...] | None = None
 
     @property
     def default_model_spec(self) -> ModelSpec:
@@ -199,8 +198,8 @@ class Settings:
                 "HTTP_TIMEOUT_SECONDS", cls.http_timeout_seconds, _positive_float
             ),
             "log_level": reader.get("LOG_LEVEL", cls.log_level, _log_level),
-            "metrics_port": reader.optional("METRICS_PORT", _port),
-            "metrics_host": reader.get("METRICS_HOST", cls.metrics_host, _bind_address),
+            "shard_count": reader.optional("SHARD_COUNT", _shard_count),
+            "shard_ids": reader.optional("SHARD_IDS", _shard_ids),
         }
         _check_model_defaults(reader, values)
         if values.get("poll_min_interval_seconds", 0) > values.get(
@@ -209,6 +208,7 @@ class Settings:
             reader.problems.append(
                 "POLL_MIN_INTERVAL_SECONDS must not be larger than POLL_MAX_INTERVAL_SECONDS"
             )
+        _check_shards(reader, values)
         if reader.problems or token is None or key is None:
             raise ConfigError(reader.problems)
         return cls(discord_token=Secret(token), aimlapi_key=Secret(key), **values)
@@ -344,19 +344,35 @@ def _is_dns_label(label: str) -> bool:
     )
 
 
-def _port(raw: str) -> int:
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 65535:
-        raise ValueError(f"must be a TCP port from 1 to 65535, got {raw!r}")
+def _shard_count(raw: str) -> int | Literal["auto"]:
+    if raw.lower() == "auto":
+        return "auto"
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise ValueError(f"must be a whole number of at least 1, or auto, got {raw!r}")
     return int(raw)
 
 
-def _bind_address(raw: str) -> str:
-    """An IP address to listen on (0.0.0.0 or :: for every interface), or a host name."""
-    with contextlib.suppress(ValueError):
-        return str(ipaddress.ip_address(raw))
-    if raw.endswith(".") or not all(map(_is_dns_label, raw.split("."))):
-        raise ValueError(f"must be an IP address such as 127.0.0.1 or 0.0.0.0, got {raw!r}")
-    return raw.lower()
+def _shard_ids(raw: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in raw.split(",") if part.strip()]
+    if not parts or not all(part.isascii() and part.isdigit() for part in parts):
+        raise ValueError(f"must be shard numbers separated by commas, such as 0,1; got {raw!r}")
+    ids = tuple(int(part) for part in parts)
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"names a shard twice: {raw!r}")
+    return ids
+
+
+def _check_shards(reader: _Reader, values: dict[str, Any]) -> None:
+    count, ids = values.get("shard_count"), values.get("shard_ids")
+    if ids is None:
+        return
+    if count is None or count == "auto":
+        reader.problems.append("SHARD_IDS needs SHARD_COUNT set to a number (the shards in all)")
+    elif max(ids) >= count:
+        reader.problems.append(
+            f"SHARD_IDS must be below SHARD_COUNT ({count}): shards are numbered 0 to "
+            f"{count - 1}, got {','.join(map(str, ids))}"
+        )
 
 
 def _snowflake(raw: str) -> int:

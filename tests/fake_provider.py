@@ -110,6 +110,8 @@ class RecordedRequest:
     """Whether an Authorization header was sent at all."""
     json: Any
     time: float
+    finished: float | None = None
+    """When the answer was ready (None: still being handled, or dropped)."""
 
 
 @dataclass
@@ -195,6 +197,9 @@ class FakeProvider:
         self.video_content_length = True
         self.jobs: dict[str, FakeJob] = {}
         self.requests: list[RecordedRequest] = []
+        # Seconds each poll (GET) takes to answer, so polls of one job by two clients at the
+        # same moment show as overlapping [time, finished] intervals.
+        self.poll_latency = 0.0
         self._completion_time: float | None = None
         self._scripts: deque[_Script] = deque()
         self._faults: dict[FaultTarget, deque[_Fault]] = {
@@ -388,11 +393,14 @@ class FakeProvider:
         return web.json_response(body, status=self.post_status)
 
     async def _handle_get(self, request: web.Request) -> web.StreamResponse:
-        self._record(request, None)
+        recorded = self._record(request, None)
         fault = await self._take_fault("GET")
         if fault is not None and fault.status is not None:
             return await self._fault_response(request, fault)
+        if self.poll_latency > 0:
+            await asyncio.sleep(self.poll_latency)
         response = self._poll(request)
+        recorded.finished = self.clock()
         if fault is not None and fault.drop_connection:
             return self._drop(request)
         return response
@@ -524,7 +532,7 @@ class FakeProvider:
             raise _Invalid(_type_error("duration", "number", duration))
         if duration not in DURATIONS:
             raise _Invalid(
-                f"Invalid enum value. Expected 4 | 8 | 12, received {duration} at \"duration\""
+                f'Invalid enum value. Expected 4 | 8 | 12, received {duration} at "duration"'
             )
         if not needs_image:
             return model, unknown, False
@@ -556,20 +564,20 @@ class FakeProvider:
         # Draining the rest lets the client finish sending and actually read the 413.
         return b"".join(chunks), total > self.max_body_bytes
 
-    def _record(self, request: web.Request, parsed: Any) -> None:
+    def _record(self, request: web.Request, parsed: Any) -> RecordedRequest:
         headers = {k: v for k, v in request.headers.items() if k.lower() != "authorization"}
-        self.requests.append(
-            RecordedRequest(
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                raw_query=request.raw_path.partition("?")[2],
-                headers=headers,
-                authorization="Authorization" in request.headers,
-                json=parsed,
-                time=self.clock(),
-            )
+        recorded = RecordedRequest(
+            method=request.method,
+            path=request.path,
+            query=dict(request.query),
+            raw_query=request.raw_path.partition("?")[2],
+            headers=headers,
+            authorization="Authorization" in request.headers,
+            json=parsed,
+            time=self.clock(),
         )
+        self.requests.append(recorded)
+        return recorded
 
     async def _take_fault(self, method: FaultTarget) -> _Fault | None:
         queue = self._faults[method]
@@ -596,9 +604,9 @@ class FakeProvider:
         body = {
             "requestId": _nanoid(),
             "statusCode": status,
-            "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"
-            ),
+            "timestamp": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
             "path": request.path,
             "message": text,
         }

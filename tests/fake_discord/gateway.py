@@ -100,6 +100,27 @@ class GatewaySession:
         needed = _required_intent(event, data)
         return needed is None or bool(self.intents & needed)
 
+    @property
+    def shard(self) -> tuple[int, int]:
+        """``(shard_id, shard_count)`` from IDENTIFY; ``(0, 1)`` when it named none."""
+        raw = (self.identify or {}).get("shard")
+        if isinstance(raw, list) and len(raw) == 2:
+            return int(raw[0]), int(raw[1])
+        return 0, 1
+
+    def owns(self, guild_id: int | None) -> bool:
+        """Discord's rule: a guild's events go to shard ``(guild_id >> 22) % shard_count``;
+        DMs go to shard 0."""
+        shard_id, shard_count = self.shard
+        if guild_id is None:
+            return shard_id == 0
+        return (guild_id >> 22) % max(shard_count, 1) == shard_id
+
+
+def _guild_of(event: str, data: dict[str, Any]) -> int | None:
+    raw = data.get("id") if event == "GUILD_CREATE" else data.get("guild_id")
+    return int(raw) if raw is not None else None
+
 
 class GatewayHub:
     """All gateway sessions over the fake's lifetime (bots may disconnect and come back)."""
@@ -115,6 +136,8 @@ class GatewayHub:
         """Every RESUME ``d`` received."""
         self.allowed_privileged_intents = 0
         """Privileged intents enabled for the application; others close the socket with 4014."""
+        self.recommended_shards = 1
+        """What GET /gateway/bot recommends (what discord.py's automatic sharding uses)."""
         self._changed = asyncio.Event()
 
     @property
@@ -170,10 +193,11 @@ class GatewayHub:
         session.intents = intents
         session.session_id = new_session_id()
         world = self._world
+        guilds = [g for g in world.guilds.values() if session.owns(g.id)]
         ready: dict[str, Any] = {
             "v": 10,
             "user": world.bot_user_payload(),
-            "guilds": [{"id": str(gid), "unavailable": True} for gid in world.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": self._url(),
@@ -190,9 +214,7 @@ class GatewayHub:
             ready["shard"] = data["shard"]
         events = [("READY", ready)]
         if intents & _GUILDS:
-            events += [
-                ("GUILD_CREATE", world.guild_create_payload(g)) for g in world.guilds.values()
-            ]
+            events += [("GUILD_CREATE", world.guild_create_payload(g)) for g in guilds]
         session.ready = True
         await session.dispatch_many(events)
         self._changed.set()
@@ -237,10 +259,12 @@ class GatewayHub:
         await session.dispatch_many(events)
 
     async def dispatch(self, event: str, data: dict[str, Any]) -> int:
-        """Send an event to every live session that wants it; returns how many got it."""
+        """Send an event to every live session that wants it and owns its guild's shard;
+        returns how many got it."""
         delivered = 0
+        guild_id = _guild_of(event, data)
         for session in self.live:
-            if session.wants(event, data):
+            if session.wants(event, data) and session.owns(guild_id):
                 await session.dispatch_many([(event, data)])
                 delivered += 1
         return delivered

@@ -99,6 +99,16 @@ class SnowflakeFactory:
             self._last = max((ms << 22) | (1 << 17), self._last + 1)
             return self._last
 
+    def next_on_shard(self, shard_id: int, shard_count: int) -> int:
+        """A new snowflake whose guild would live on ``shard_id`` of ``shard_count``
+        (Discord: ``(guild_id >> 22) % shard_count``); at most a few ms ahead of now."""
+        snowflake = self.next()
+        ms = snowflake >> 22
+        ms += (shard_id - ms) % shard_count
+        with self._lock:
+            self._last = max((ms << 22) | (1 << 17), self._last + 1)
+            return self._last
+
 
 def snowflake_time(snowflake: int) -> datetime:
     """The creation time encoded in a snowflake."""

@@ -372,7 +372,7 @@ class RestApi:
         return Reply(
             {
                 "url": self.fake.gateway_url,
-                "shards": 1,
+                "shards": self.fake.gateway.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
                     "remaining": 999,

@@ -170,9 +170,17 @@ class FakeDiscord:
 
     # ----- world building -----
 
-    def add_guild(self, name: str = "Test Guild", *, filesize_limit: int = 10 * 1024 * 1024) -> int:
-        """A guild with the bot in it; dispatched as GUILD_CREATE if a bot is connected."""
-        guild = self.world.add_guild(name, filesize_limit)
+    def add_guild(
+        self,
+        name: str = "Test Guild",
+        *,
+        filesize_limit: int = 10 * 1024 * 1024,
+        shard: tuple[int, int] | None = None,
+    ) -> int:
+        """A guild with the bot in it; dispatched as GUILD_CREATE if a bot is connected.
+
+        ``shard=(shard_id, shard_count)``: an id that puts the guild on that shard."""
+        guild = self.world.add_guild(name, filesize_limit, shard)
         self._schedule(
             self.gateway.dispatch("GUILD_CREATE", self.world.guild_create_payload(guild))
         )

@@ -332,10 +332,13 @@ class World:
         if user_id not in guild.member_ids:
             guild.member_ids.append(user_id)
 
-    def add_guild(self, name: str, filesize_limit: int) -> FakeGuild:
-        """Create a guild the bot is a member of (the owner is a separate user)."""
+    def add_guild(
+        self, name: str, filesize_limit: int, shard: tuple[int, int] | None = None
+    ) -> FakeGuild:
+        """Create a guild the bot is a member of (the owner is a separate user); with
+        ``shard=(shard_id, shard_count)`` its id puts it on that shard."""
         guild = FakeGuild(
-            id=self.snowflakes.next(),
+            id=self.snowflakes.next() if shard is None else self.snowflakes.next_on_shard(*shard),
             name=name,
             owner_id=self.owner.id,
             filesize_limit=filesize_limit,
