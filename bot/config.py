@@ -6,6 +6,8 @@ after loading `.env`, and tests pass a plain dict.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -108,6 +110,10 @@ class Settings:
     # number: that many in all, of which this process runs `shard_ids` (default: every one).
     shard_count: int | Literal["auto"] | None = None
     shard_ids: tuple[int, ...] | None = None
+    # Prometheus /metrics and /healthz: off unless a port is set. Loopback by default: the
+    # figures are operational detail, so exposing them beyond the machine is a choice.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     @property
     def default_model_spec(self) -> ModelSpec:
@@ -200,6 +206,8 @@ class Settings:
             "log_level": reader.get("LOG_LEVEL", cls.log_level, _log_level),
             "shard_count": reader.optional("SHARD_COUNT", _shard_count),
             "shard_ids": reader.optional("SHARD_IDS", _shard_ids),
+            "metrics_port": reader.optional("METRICS_PORT", _port),
+            "metrics_host": reader.get("METRICS_HOST", cls.metrics_host, _bind_address),
         }
         _check_model_defaults(reader, values)
         if values.get("poll_min_interval_seconds", 0) > values.get(
@@ -342,6 +350,21 @@ def _is_dns_label(label: str) -> bool:
         and label[-1] != "-"
         and all(c.isalnum() or c == "-" for c in label)
     )
+
+
+def _port(raw: str) -> int:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 65535:
+        raise ValueError(f"must be a TCP port from 1 to 65535, got {raw!r}")
+    return int(raw)
+
+
+def _bind_address(raw: str) -> str:
+    """An IP address to listen on (0.0.0.0 or :: for every interface), or a host name."""
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(raw))
+    if raw.endswith(".") or not all(map(_is_dns_label, raw.split("."))):
+        raise ValueError(f"must be an IP address such as 127.0.0.1 or 0.0.0.0, got {raw!r}")
+    return raw.lower()
 
 
 def _shard_count(raw: str) -> int | Literal["auto"]:

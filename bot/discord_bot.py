@@ -17,6 +17,14 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.guild_settings import BotDefaults, GuildSettings
+from bot.metrics import (
+    NO_METRICS,
+    HealthChecks,
+    Metrics,
+    MetricsServer,
+    database_answers,
+    refresh_database_figures,
+)
 from bot.provider import ProviderClient
 from bot.service import Clock, JobService
 from bot.spending import Spending
@@ -72,6 +80,8 @@ class AnimateBot(commands.Bot):
         self.settings = settings
         self.sync_mode = sync_mode
         self._clock = clock
+        self.metrics: Metrics = Metrics() if settings.metrics_port is not None else NO_METRICS
+        self.metrics_server: MetricsServer | None = None
 
     async def setup_hook(self) -> None:
         timeout = aiohttp.ClientTimeout(
@@ -88,10 +98,16 @@ class AnimateBot(commands.Bot):
             base_url=self.settings.aimlapi_base_url,
             api_key=self.settings.aimlapi_key,
             video_hosts=self.settings.video_url_hosts,
+            metrics=self.metrics,
         )
         self.service = JobService(
-            settings=self.settings, store=self.store, provider=provider, clock=self._clock
+            settings=self.settings,
+            store=self.store,
+            provider=provider,
+            clock=self._clock,
+            metrics=self.metrics,
         )
+        self.metrics.set_worker(self.service.worker_id)
         defaults = BotDefaults.from_settings(self.settings)
         self.guild_settings = GuildSettings(self.store.engine, defaults)
         self.spending = Spending(
@@ -99,7 +115,54 @@ class AnimateBot(commands.Bot):
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)
+        await self.start_metrics_server()
         await self.sync_commands(force=self.sync_mode == "force")
+
+    # --- metrics and health (bot/metrics.py); the Discord-specific parts live here ----------------
+
+    async def start_metrics_server(self) -> None:
+        """Serve /metrics and /healthz when METRICS_PORT is set. A port that cannot be bound is
+        logged and the bot runs on without it: posting videos matters more than being watched."""
+        if self.settings.metrics_port is None:
+            return
+        server = MetricsServer(
+            self.metrics,
+            HealthChecks(
+                gateway=self.gateway_problem,
+                database=lambda: database_answers(self.store.engine),
+            ),
+            host=self.settings.metrics_host,
+            port=self.settings.metrics_port,
+            refresh=self._refresh_metrics,
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error(
+                "metrics: cannot listen on %s:%s (%s); running without /metrics and /healthz",
+                self.settings.metrics_host,
+                self.settings.metrics_port,
+                exc.strerror or type(exc).__name__,
+            )
+            return
+        self.metrics_server = server
+
+    def gateway_problem(self) -> str | None:
+        """Why this process's Discord gateway connection is not usable, or None when it is."""
+        if self.is_closed():
+            return "the bot is shutting down"
+        if not self.is_ready():
+            return "not connected to the Discord gateway yet"
+        if self.ws is None or not self.ws.open:
+            return "the Discord gateway connection is down (reconnecting)"
+        return None
+
+    async def _refresh_metrics(self) -> None:
+        self.metrics.set_gateway_latency(self.latency)
+        now = self.service.clock.now()
+        await refresh_database_figures(
+            self.metrics, self.store.engine, self.spending.month_totals, now
+        )
 
     async def sync_commands(self, *, force: bool = False) -> None:
         """Dev guild: every start (instant, cheap). Global: only when the definitions changed."""
@@ -133,6 +196,8 @@ class AnimateBot(commands.Bot):
             except Exception:
                 log.exception("failed to unload %s", extension)
         await super().close()
+        if self.metrics_server is not None:
+            await self.metrics_server.stop()
         if hasattr(self, "session"):
             await self.session.close()
         if hasattr(self, "store"):
