@@ -53,6 +53,7 @@ from bot.jobs import Job, JobState, NewJob, Outcome
 from bot.metrics import NO_METRICS, Metrics
 from bot.provider import DownloadedVideo, GenerationState, ProviderClient, VideoLinkRefused
 from bot.store import JobStore
+from bot.timing import CompletionTimes, Estimate
 
 log = logging.getLogger(__name__)
 
@@ -162,18 +163,24 @@ class PreparedRequest:
 
 
 class PollSchedule:
-    """When to ask the provider again.
+    """When to ask the provider again, from the learned completion times (bot.timing).
 
-    A job cannot be done long before the model's typical time, so we look once early (to catch
-    quick refusals such as moderation), then stay quiet until about 70 % of the typical time, poll
-    at the minimum interval through the window where completion is likely, and slow down
-    gradually after that. Errors back off exponentially with jitter.
+    One early look (quick refusals such as moderation), then quiet until about the 40th
+    percentile, a look every POLL_MIN_INTERVAL_SECONDS from there to the 90th percentile (where
+    most videos finish), and growing gaps after that. Requests cost little late in the window,
+    when most jobs are already done, and a lot early, when every job is still running: so the
+    close polls start near the median, not at the 10th percentile. Errors back off
+    exponentially with jitter.
     """
 
     EARLY_CHECK_FRACTION = 0.2
-    WINDOW_START_FRACTION = 0.7
-    WINDOW_END_FRACTION = 1.5
-    GROWTH = 1.5
+    WINDOW_START_Z = -0.25
+    """Close polls start at the ~40th percentile (z-score on the log-normal fit)."""
+    TAIL_GROWTH = 0.25
+    """Past the 90th percentile each gap grows by a quarter of the time since then."""
+    COLD_INTERVAL = 5.0
+    """Close-poll gap while a setting has no learned times: the catalogue's figure can be far
+    off, and close polls in the wrong place cost a request each for nothing."""
     MAX_ERROR_DELAY = 300.0
 
     def __init__(self, settings: Settings, rng: Callable[[], float] = random.random) -> None:
@@ -181,42 +188,43 @@ class PollSchedule:
         self.max_interval = settings.poll_max_interval_seconds
         self.rng = rng
 
-    def first_delay(self, typical: float) -> float:
-        return max(self.min_interval, self.EARLY_CHECK_FRACTION * typical)
+    def first_delay(self, estimate: Estimate) -> float:
+        return max(self.min_interval, self.EARLY_CHECK_FRACTION * estimate.p50)
 
-    def next_delay(self, *, elapsed: float, typical: float, consecutive_errors: int = 0) -> float:
+    def next_delay(
+        self, *, elapsed: float, estimate: Estimate, consecutive_errors: int = 0
+    ) -> float:
         if consecutive_errors > 0:
-            ceiling = min(self.MAX_ERROR_DELAY, self.min_interval * math.pow(2, consecutive_errors))
-            # Full jitter keeps many bots (or jobs) from retrying in lock-step.
-            return max(self.min_interval, ceiling * (0.5 + 0.5 * self.rng()))
-        window_start = self.WINDOW_START_FRACTION * typical
+            return self.error_delay(consecutive_errors)
+        window_start = estimate.quantile(self.WINDOW_START_Z)
         if elapsed < window_start - self.min_interval:
             return window_start - elapsed
-        window_end = self.WINDOW_END_FRACTION * typical
+        window_end = max(estimate.p90, window_start + 2 * self.min_interval)
         if elapsed < window_end:
-            return self.min_interval
+            cold = not estimate.learned
+            return max(self.min_interval, self.COLD_INTERVAL) if cold else self.min_interval
         overdue = elapsed - window_end
-        delay = self.min_interval * math.pow(self.GROWTH, overdue / max(typical, 1.0) * 4)
-        return min(self.max_interval, delay)
+        return min(self.max_interval, self.min_interval + self.TAIL_GROWTH * overdue)
+
+    def error_delay(self, consecutive_errors: int) -> float:
+        ceiling = min(self.MAX_ERROR_DELAY, self.min_interval * math.pow(2, consecutive_errors))
+        # Full jitter keeps many bots (or jobs) from retrying in lock-step.
+        return max(self.min_interval, ceiling * (0.5 + 0.5 * self.rng()))
 
 
 class FixedPollSchedule(PollSchedule):
     """Poll every POLL_MIN_INTERVAL_SECONDS from the start (errors still back off)."""
 
-    def first_delay(self, typical: float) -> float:
+    def first_delay(self, estimate: Estimate) -> float:
         return self.min_interval
 
-    def next_delay(self, *, elapsed: float, typical: float, consecutive_errors: int = 0) -> float:
+    def next_delay(
+        self, *, elapsed: float, estimate: Estimate, consecutive_errors: int = 0
+    ) -> float:
         if consecutive_errors > 0:
-            return super().next_delay(
-                elapsed=elapsed, typical=typical, consecutive_errors=consecutive_errors
-            )
+            return self.error_delay(consecutive_errors)
         return self.min_interval
 
-
-# Seconds assumed for a model that has left the catalogue while its jobs were running: they keep
-# polling on an ordinary schedule instead of failing (the provider still has them).
-UNKNOWN_MODEL_TYPICAL_SECONDS = 120.0
 
 # When a submit request may have reached the provider but its answer was never recorded, the job
 # is resubmitted only SUBMIT_IN_FLIGHT_GRACE_SECONDS after the submitting worker's lease ran out.
@@ -242,6 +250,7 @@ class JobService:
         rng: Callable[[], float] = random.random,
         retry_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         fitter: ImageFitter | None = None,
+        timing: CompletionTimes | None = None,
         metrics: Metrics = NO_METRICS,
     ) -> None:
         self.settings = settings
@@ -252,6 +261,8 @@ class JobService:
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         schedule = FixedPollSchedule if settings.poll_schedule == "fixed" else PollSchedule
         self.schedule: PollSchedule = schedule(settings, rng)
+        # How long each model really takes: drives the schedule and the status message's ETA.
+        self.timing = timing or CompletionTimes(store, now=self.clock.now)
         self.limits = ImageLimits(
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
@@ -479,6 +490,7 @@ class JobService:
         if job.image_data is None:
             raise RuntimeError(f"job {job.id} has no image left to submit")
         image_url = await asyncio.to_thread(jpeg_data_uri, job.image_data)  # ~1 MB of base64
+        estimate = await self._estimate(job)  # read now: nothing may delay recording the id
         body = spec.build_request(
             prompt=job.prompt,
             image_url=image_url,
@@ -503,9 +515,7 @@ class JobService:
         except ProviderRateLimited as exc:
             # 429 means no job was created, so waiting and trying again costs nothing.
             now = self.clock.now()
-            delay = self.schedule.next_delay(
-                elapsed=0, typical=spec.typical_seconds, consecutive_errors=job.submit_attempts
-            )
+            delay = self.schedule.error_delay(max(job.submit_attempts, 1))
             log.warning(
                 "job %s: provider busy on submit (%s); retrying in %.0f s",
                 job.id,
@@ -544,8 +554,7 @@ class JobService:
                 last_checked_at=now,
                 waited_seconds=0.0,
                 image_data=None,  # no longer needed once the provider has it
-                next_poll_at=now
-                + timedelta(seconds=self.schedule.first_delay(spec.typical_seconds)),
+                next_poll_at=now + timedelta(seconds=self.schedule.first_delay(estimate)),
             ),
         )
         if updated is None:
@@ -820,7 +829,12 @@ class JobService:
                 return
         previous = job.provider_status
         updated = await self._apply_state(job, state)
-        if updated is not None and updated.state == JobState.POLLING and state.status != previous:
+        # Phase changes show at once; so does "taking longer than usual", once, past p90.
+        if (
+            updated is not None
+            and updated.state == JobState.POLLING
+            and (state.status != previous or self.timing.became_overdue(job, updated))
+        ):
             await self._safe_status(delivery, updated)
 
     async def _apply_state(self, job: Job, state: GenerationState) -> Job:
@@ -856,7 +870,7 @@ class JobService:
             await self._time_out(job, now, waited=waited)
             return (await self.store.get(job.id)) or job
         elapsed = (now - (job.submitted_at or now)).total_seconds()
-        delay = self.schedule.next_delay(elapsed=elapsed, typical=self._typical_seconds(job))
+        delay = self.schedule.next_delay(elapsed=elapsed, estimate=await self._estimate(job))
         updated = await self.store.transition(
             job.id,
             from_states=[JobState.POLLING],
@@ -877,10 +891,7 @@ class JobService:
             await self._time_out(job, now, waited=waited)
             return
         errors = job.consecutive_errors + 1
-        delay = self.schedule.next_delay(
-            elapsed=0, typical=self._typical_seconds(job), consecutive_errors=errors
-        )
-        delay = self._until_deadline(delay, waited)
+        delay = self._until_deadline(self.schedule.error_delay(errors), waited)
         log.warning(
             "job %s: poll failed (%s); next try in %.0f s", job.id, type(exc).__name__, delay
         )
@@ -895,10 +906,9 @@ class JobService:
             next_poll_at=now + timedelta(seconds=delay),
         )
 
-    @staticmethod
-    def _typical_seconds(job: Job) -> float:
-        spec = CATALOG.get(job.model)
-        return spec.typical_seconds if spec is not None else UNKNOWN_MODEL_TYPICAL_SECONDS
+    async def _estimate(self, job: Job) -> Estimate:
+        await self.timing.refresh_if_stale()
+        return self.timing.for_job(job)
 
     def _waited(self, job: Job, now: datetime) -> float:
         """Time this job has waited that counts against the member's timeout.

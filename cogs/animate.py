@@ -83,7 +83,9 @@ class MissingPermissions(InputRejected):
 class Animate(commands.Cog):
     def __init__(self, bot: AnimateBot) -> None:
         self.bot = bot
-        self.delivery = DiscordDelivery(bot, on_posted=self._audit_result)
+        self.delivery = DiscordDelivery(
+            bot, on_posted=self._audit_result, eta=bot.service.timing.eta
+        )
         # Commands in progress, so shutdown can let them finish their submit and reply.
         self._commands_running = 0
         self._no_commands = asyncio.Event()

@@ -18,6 +18,7 @@ from bot.catalog import CATALOG
 from bot.jobs import Job, JobState, Outcome
 from bot.provider import DownloadedVideo
 from bot.service import DestinationGone, UploadRejected
+from bot.timing import Eta, describe_seconds
 from cogs.results import result_view, status_view
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,16 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def status_embed(job: Job) -> discord.Embed:
+def eta_text(eta: Eta) -> str:
+    """The honest ETA: the usual time for these settings, or that this one is slow."""
+    usual = describe_seconds(eta.usual_seconds)
+    if eta.overdue:
+        return f"Taking longer than usual (usually about {usual}); still checking."
+    return f"Usually ready in about {usual}, so expected {_ts(eta.expected_at)}."
+
+
+def status_embed(job: Job, eta: Eta | None = None) -> discord.Embed:
+    """`eta` (bot.timing.CompletionTimes.eta) is shown while the video is generating."""
     current = phase(job)
     embed = discord.Embed(
         title=_TITLES[current], description=_clip(job.prompt, 1000), colour=_COLOURS[current]
@@ -92,7 +102,10 @@ def status_embed(job: Job) -> discord.Embed:
         )
     elif current == "generating":
         started = job.submitted_at or job.created_at
-        embed.add_field(name="Status", value=f"Generating, started {_ts(started)}.", inline=False)
+        status = f"Generating, started {_ts(started)}."
+        if eta is not None:
+            status += " " + eta_text(eta)
+        embed.add_field(name="Status", value=status, inline=False)
     elif current == "done":
         embed.add_field(name="Status", value="Your video has been posted.", inline=False)
     elif current == "failed":
@@ -188,8 +201,11 @@ class DiscordDelivery:
         self,
         client: discord.Client,
         on_posted: Callable[[Job, str], Awaitable[None]] | None = None,
+        eta: Callable[[Job], Eta | None] | None = None,
     ) -> None:
         self.client = client
+        # The job's ETA from learned completion times (JobService.timing.eta), if known.
+        self.eta = eta
         # Told what was posted (for the server's audit log); its failures never matter here.
         self.on_posted = on_posted
 
@@ -217,7 +233,8 @@ class DiscordDelivery:
             return
         message = self._channel(job.channel_id).get_partial_message(job.status_message_id)
         # Cancel stays while the job waits or generates; it goes once it is past that.
-        await message.edit(embed=status_embed(job), view=status_view(job))
+        eta = self.eta(job) if self.eta is not None else None
+        await message.edit(embed=status_embed(job, eta), view=status_view(job))
 
     async def find_delivered(self, job: Job) -> int | None:
         me = self.client.user
