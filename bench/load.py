@@ -123,6 +123,8 @@ class Run:
     """Video bytes -> when the provider starts answering "completed" (wall clock)."""
     posted_at: dict[int, float] = field(default_factory=dict)
     """Message id of each video -> when it was seen posted (wall clock)."""
+    in_flight_peak: int = 0
+    """Most jobs at the provider and not yet posted at one time (seen once a second)."""
 
 
 def bot_environment(
@@ -195,6 +197,7 @@ async def watch(run: Run, session: aiohttp.ClientSession, stop: asyncio.Event) -
             if buckets and not math.isnan(total):
                 worker.stalls_over_goal = int(total - buckets.get(STALL_GOAL_SECONDS, total))
         note_videos(run)
+        run.in_flight_peak = max(run.in_flight_peak, len(run.provider.jobs) - len(run.posted_at))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=1.0)
 
@@ -305,7 +308,10 @@ async def main(jobs: int, rate: float, seed: int, scale: float) -> None:
             await provider.close()
             await discord_server.close()
         report(run, jobs, rate, wall_offset, ready - started, issued - ready, finished - ready)
-        print(f"(in flight when the last /animate was sent: {in_flight_peak})")
+        print(
+            f"jobs in flight (at the provider, not yet posted): at most {run.in_flight_peak}; "
+            f"{in_flight_peak} not completed when the last /animate was sent"
+        )
 
 
 def report(
