@@ -1,16 +1,22 @@
-"""Provider requests per job and delivery lag: the adaptive poll schedule vs a fixed 10 s poll.
+"""Provider requests per job and delivery lag: the learned poll schedule vs the previous one
+(catalogue time only) vs a fixed 10 s poll.
 
-The real JobService, store (SQLite) and provider client run against the fake provider; time is
-simulated, so the many minutes of a real generation take a few seconds. Each job completes at
-the provider after a time drawn around the model's typical time (Sora 2: ~90 s).
+The real JobService, store (SQLite), learned completion times and provider client run against
+the fake provider; time is simulated, so the many minutes of real generations take seconds. Jobs
+arrive one every few seconds on an empty database (so the first ones start cold, on the
+catalogue's typical time) and finish at the provider after a long-tailed, log-normal time:
+median `factor` × Sora 2's documented ~90 s, spread σ (10th–90th percentile ≈ e^(±1.28σ)).
+Posting to the local fakes takes no simulated time, so the lag is how late the bot noticed.
 
-    python bench/poll_schedule.py
+    python bench/poll_schedule.py [--jobs 100]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import io
+import math
 import random
 import statistics
 import sys
@@ -24,15 +30,60 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bot.catalog import CATALOG
 from bot.config import Settings
 from bot.jobs import Job
 from bot.provider import DownloadedVideo, ProviderClient
-from bot.service import AnimateRequest, JobService
+from bot.service import AnimateRequest, JobService, PollSchedule
 from bot.store import JobStore
+from bot.timing import CompletionTimes, Estimate
 from tests.fake_provider import FakeProvider
 
-JOBS = 40
+MODEL = "openai/sora-2-i2v"
+ARRIVAL_GAP_SECONDS = 5.0
+WARMUP_JOBS = 30
+"""Run first but not counted: the cold start, before enough videos have finished to learn from
+(a one-off per setting on a real database; their figures are printed separately)."""
 SEED = 7
+
+
+@dataclass(frozen=True)
+class Scenario:
+    label: str
+    factor: float
+    """The real median as a multiple of the catalogue's typical time."""
+    sigma: float
+
+
+SCENARIOS = (
+    Scenario("as documented, σ 0.3", 1.0, 0.3),
+    Scenario("as documented, σ 0.2", 1.0, 0.2),
+    Scenario("as documented, σ 0.5", 1.0, 0.5),
+    Scenario("1.5× slower than documented, σ 0.3", 1.5, 0.3),
+)
+
+
+class PreviousPollSchedule(PollSchedule):
+    """The schedule before learned timing (for comparison): one early look, quiet until 70 % of
+    the catalogue's typical time, every POLL_MIN_INTERVAL_SECONDS (then 5 s) up to 150 %, then
+    slowly growing gaps. Run with a CompletionTimes that never learns, so p50 is the catalogue's.
+    """
+
+    def next_delay(
+        self, *, elapsed: float, estimate: Estimate, consecutive_errors: int = 0
+    ) -> float:
+        if consecutive_errors > 0:
+            return self.error_delay(consecutive_errors)
+        typical = estimate.p50
+        window_start = 0.7 * typical
+        if elapsed < window_start - self.min_interval:
+            return window_start - elapsed
+        window_end = 1.5 * typical
+        if elapsed < window_end:
+            return self.min_interval
+        overdue = elapsed - window_end
+        delay = self.min_interval * math.pow(1.5, overdue / max(typical, 1.0) * 4)
+        return min(self.max_interval, delay)
 
 
 class SimClock:
@@ -94,75 +145,134 @@ def small_photo() -> bytes:
     return buffer.getvalue()
 
 
-async def simulate(fixed: bool) -> dict[str, float]:
+@dataclass(frozen=True)
+class Result:
+    requests_per_job: float
+    lag_p50: float
+    lag_p90: float
+    lag_mean: float
+    lag_max: float
+
+
+async def simulate(scenario: Scenario, schedule: str, jobs: int) -> tuple[Result, Result]:
+    """Run WARMUP_JOBS + `jobs` jobs; figures for the warm-up (cold start) and for the rest."""
+    total = WARMUP_JOBS + jobs
     clock = SimClock()
     provider = FakeProvider(clock=clock.seconds)
     await provider.start()
-    settings = Settings.from_env(
-        {
-            "DISCORD_TOKEN": "x",
-            "AIMLAPI_KEY": "test-key",
-            "AIMLAPI_BASE_URL": provider.base_url,
-            # The comparison point: the common "poll every 10 s" loop.
-            **({"POLL_SCHEDULE": "fixed", "POLL_MIN_INTERVAL_SECONDS": "10"} if fixed else {}),
-        }
-    )
-    rng = random.Random(SEED)
+    env = {"DISCORD_TOKEN": "x", "AIMLAPI_KEY": "test-key", "AIMLAPI_BASE_URL": provider.base_url}
+    if schedule == "fixed":
+        # The comparison point: the common "poll every 10 s" loop.
+        env |= {"POLL_SCHEDULE": "fixed", "POLL_MIN_INTERVAL_SECONDS": "10"}
+    elif schedule == "previous":
+        env |= {"POLL_MIN_INTERVAL_SECONDS": "5"}  # its default
+    settings = Settings.from_env(env)
+    rng = random.Random(SEED)  # the same completion times for every schedule
+    typical = CATALOG[MODEL].typical_seconds
     completes_at: dict[int, float] = {}
+    provider_ids: dict[int, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         store = await JobStore.open(f"sqlite+aiosqlite:///{tmp}/bench.db")
         async with aiohttp.ClientSession() as session:
             client = ProviderClient(
                 session, base_url=provider.base_url, api_key=settings.aimlapi_key
             )
-            service = JobService(settings=settings, store=store, provider=client, clock=clock)
+            timing = None
+            if schedule == "previous":
+                timing = CompletionTimes(None, now=clock.now)  # never learns
+            service = JobService(
+                settings=settings, store=store, provider=client, clock=clock, timing=timing
+            )
+            if schedule == "previous":
+                service.schedule = PreviousPollSchedule(settings)
             delivery = TimedDelivery(clock, {})
             image = small_photo()
-            for user in range(JOBS):
-                # Around Sora 2's documented ~90 s, with the spread real queues show.
-                after = rng.uniform(60, 180)
-                provider.script_next_job(
-                    ["queued", "generating", "completed"], complete_after=after
-                )
-                prepared = await service.prepare(
-                    AnimateRequest(
-                        image=image,
-                        prompt="waves",
-                        requester_id=user,
-                        guild_id=1,
-                        channel_id=2,
-                        upload_limit_bytes=10 * 1024 * 1024,
-                        resolution="720p",
+            started = clock.seconds()
+            submitted = 0
+            while len(delivery.delivered_at) < total:
+                while submitted < total and clock.seconds() >= started + submitted * (
+                    ARRIVAL_GAP_SECONDS
+                ):
+                    after = typical * scenario.factor * math.exp(rng.gauss(0, scenario.sigma))
+                    provider.script_next_job(["generating", "completed"], complete_after=after)
+                    prepared = await service.prepare(
+                        AnimateRequest(
+                            image=image,
+                            prompt="waves",
+                            requester_id=submitted,
+                            guild_id=1,
+                            channel_id=2,
+                            upload_limit_bytes=10 * 1024 * 1024,
+                            model=MODEL,
+                            resolution="720p",
+                            duration=4,
+                        )
                     )
-                )
-                job = await service.submit(await service.record(prepared))
-                completes_at[job.id] = clock.seconds() + after
-            while len(delivery.delivered_at) < JOBS:
+                    job = await service.submit(await service.record(prepared))
+                    completes_at[job.id] = clock.seconds() + after
+                    provider_ids[job.id] = job.provider_job_id or ""
+                    submitted += 1
                 await service.run_due(delivery)
+                await service.wait_for_deliveries()
                 clock.advance(settings.poll_tick_seconds)
         await store.close()
     await provider.close()
-    polls = sum(1 for r in provider.requests if r.method == "GET" and "generations" in r.path)
-    lags = [delivery.delivered_at[j] - completes_at[j] for j in completes_at]
-    return {
-        "requests_per_job": (polls + JOBS) / JOBS,
-        "lag_p50": statistics.median(lags),
-        "lag_p95": statistics.quantiles(lags, n=20)[18],
-        "lag_max": max(lags),
-    }
+    polls: dict[str, int] = {}
+    for r in provider.requests:
+        if r.method == "GET" and "generations" in r.path:
+            generation = r.query.get("generation_id", "")
+            polls[generation] = polls.get(generation, 0) + 1
+    per_job = [
+        (polls.get(provider_ids[j], 0) + 1, delivery.delivered_at[j] - completes_at[j])
+        for j in sorted(completes_at)
+    ]
+    return _measure(per_job[:WARMUP_JOBS]), _measure(per_job[WARMUP_JOBS:])
+
+
+def _measure(per_job: list[tuple[int, float]]) -> Result:
+    """(provider requests incl. the submit, delivery lag) of each job → the table's figures."""
+    lags = sorted(lag for _, lag in per_job)
+    return Result(
+        requests_per_job=sum(requests for requests, _ in per_job) / len(per_job),
+        lag_p50=statistics.median(lags),
+        lag_p90=statistics.quantiles(lags, n=10)[8],
+        lag_mean=statistics.fmean(lags),
+        lag_max=lags[-1],
+    )
+
+
+def _row(label: str, name: str, r: Result) -> str:
+    return (
+        f"| {label} | {name} | {r.requests_per_job:.1f} | {r.lag_p50:.1f} s "
+        f"| {r.lag_p90:.1f} s | {r.lag_mean:.1f} s | {r.lag_max:.1f} s |"
+    )
 
 
 async def main() -> None:
-    adaptive = await simulate(fixed=False)
-    fixed = await simulate(fixed=True)
-    print(f"{JOBS} jobs, completion uniform in 60-180 s, loop tick 2 s, simulated time\n")
-    print("| schedule | provider requests / job | delivery lag p50 | p95 | max |")
-    print("|---|---|---|---|---|")
-    for name, r in (("adaptive (default)", adaptive), ("fixed 10 s", fixed)):
-        print(
-            f"| {name} | {r['requests_per_job']:.1f} | {r['lag_p50']:.1f} s "
-            f"| {r['lag_p95']:.1f} s | {r['lag_max']:.1f} s |"
-        )
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100)
+    args = parser.parse_args()
+    print(
+        f"{args.jobs} jobs per row (after {WARMUP_JOBS} warm-up jobs), one every "
+        f"{ARRIVAL_GAP_SECONDS:.0f} s on an empty database, loop tick 2 s, simulated time\n"
+    )
+    print("| completion time | schedule | provider requests / job | lag p50 | p90 | mean | max |")
+    print("|---|---|---|---|---|---|---|")
+    cold_rows: list[str] = []
+    for scenario in SCENARIOS:
+        for schedule, name in (
+            ("learned", "learned (default)"),
+            ("previous", "previous adaptive"),
+            ("fixed", "fixed 10 s"),
+        ):
+            warmup, counted = await simulate(scenario, schedule, args.jobs)
+            print(_row(scenario.label, name, counted), flush=True)
+            if schedule == "learned":
+                cold_rows.append(_row(scenario.label, "learned, cold start", warmup))
+    print(f"\nThe {WARMUP_JOBS} warm-up jobs (mostly on the catalogue's time):\n")
+    print("| completion time | schedule | provider requests / job | lag p50 | p90 | mean | max |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(cold_rows))
 
 
 if __name__ == "__main__":

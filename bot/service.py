@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import math
@@ -165,22 +166,31 @@ class PreparedRequest:
 class PollSchedule:
     """When to ask the provider again, from the learned completion times (bot.timing).
 
-    One early look (quick refusals such as moderation), then quiet until about the 40th
-    percentile, a look every POLL_MIN_INTERVAL_SECONDS from there to the 90th percentile (where
-    most videos finish), and growing gaps after that. Requests cost little late in the window,
-    when most jobs are already done, and a lot early, when every job is still running: so the
-    close polls start near the median, not at the 10th percentile. Errors back off
-    exponentially with jitter.
+    One early look (quick refusals such as moderation), then quiet until the median, a look
+    every POLL_MIN_INTERVAL_SECONDS from there to about the 98th percentile, and growing gaps
+    after that (until a setting has finished enough jobs, see COLD_INTERVAL). A look costs a
+    request for every job still running, so looks early in the window (when nearly every job
+    is) are dear and late ones cheap: the close looks start at the median, not at the 10th
+    percentile, and run on well past the 90th. Half of all videos are then noticed within one
+    gap, for fewer requests than a fixed 10 s poll (bench/poll_schedule.py); the price is a
+    longer wait for the videos that finish before the median. Errors back off exponentially
+    with jitter.
     """
 
     EARLY_CHECK_FRACTION = 0.2
-    WINDOW_START_Z = -0.25
-    """Close polls start at the ~40th percentile (z-score on the log-normal fit)."""
+    WINDOW_START_Z = 0.0
+    """Close polls start at the median (z-score on the log-normal fit through p10–p90)."""
+    WINDOW_END_Z = 2.0
+    """... and end at the ~98th: late in the window a look costs little (most jobs are done)
+    while the chance that a still-running job finishes next stays high."""
     TAIL_GROWTH = 0.25
-    """Past the 90th percentile each gap grows by a quarter of the time since then."""
+    """Past the window each gap grows by a quarter of the time since it ended."""
+    BUDGET_INTERVAL = 10.0
+    """The close window never costs more requests than polling every this many seconds."""
     COLD_INTERVAL = 5.0
-    """Close-poll gap while a setting has no learned times: the catalogue's figure can be far
-    off, and close polls in the wrong place cost a request each for nothing."""
+    """Until a setting has learned times, the window is the cold estimate's p10–p90 (0.7–1.5×
+    the catalogue's time, as before learning) with polls this far apart: the catalogue's figure
+    can be far off, and close polls in the wrong place cost a request each for nothing."""
     MAX_ERROR_DELAY = 300.0
 
     def __init__(self, settings: Settings, rng: Callable[[], float] = random.random) -> None:
@@ -196,20 +206,73 @@ class PollSchedule:
     ) -> float:
         if consecutive_errors > 0:
             return self.error_delay(consecutive_errors)
-        window_start = estimate.quantile(self.WINDOW_START_Z)
-        if elapsed < window_start - self.min_interval:
+        if estimate.learned:
+            window_start = estimate.quantile(self.WINDOW_START_Z)
+            window_end = self._affordable_end(estimate, window_start)
+            gap = self.min_interval
+        else:
+            # The catalogue's time may be far off: a wider window, less closely watched.
+            window_start, window_end = estimate.p10, estimate.p90
+            gap = max(self.min_interval, self.COLD_INTERVAL)
+        if elapsed < window_start - gap:
             return window_start - elapsed
-        window_end = max(estimate.p90, window_start + 2 * self.min_interval)
-        if elapsed < window_end:
-            cold = not estimate.learned
-            return max(self.min_interval, self.COLD_INTERVAL) if cold else self.min_interval
+        if elapsed < max(window_end, window_start + 2 * gap):
+            return gap
         overdue = elapsed - window_end
         return min(self.max_interval, self.min_interval + self.TAIL_GROWTH * overdue)
+
+    def _affordable_end(self, estimate: Estimate, window_start: float) -> float:
+        """Where close polls stop: about the 98th percentile, or sooner when the whole plan
+        would cost more requests than a fixed 10 s poll (every job pays for each look it is
+        still running at). With a very wide spread the median lag then rises, not the bill."""
+        return _affordable_end(
+            estimate,
+            window_start,
+            self.first_delay(estimate),
+            self.min_interval,
+            self.max_interval,
+            self.TAIL_GROWTH,
+            self.WINDOW_END_Z,
+            self.BUDGET_INTERVAL,
+        )
 
     def error_delay(self, consecutive_errors: int) -> float:
         ceiling = min(self.MAX_ERROR_DELAY, self.min_interval * math.pow(2, consecutive_errors))
         # Full jitter keeps many bots (or jobs) from retrying in lock-step.
         return max(self.min_interval, ceiling * (0.5 + 0.5 * self.rng()))
+
+
+@functools.lru_cache(maxsize=512)
+def _affordable_end(
+    estimate: Estimate,
+    window_start: float,
+    first: float,
+    gap: float,
+    max_gap: float,
+    growth: float,
+    end_z: float,
+    budget_interval: float,
+) -> float:
+    # Cached: an estimate changes at most once a minute, and this is a few thousand steps.
+    horizon = estimate.quantile(3.1)  # beyond the 99.9th percentile nothing counts
+
+    def cost(times: list[float]) -> float:
+        # Each look is paid for by the jobs still running at the look before it.
+        return 1 + sum(estimate.survival(t) for t in [0.0, *times[:-1]] if t < horizon)
+
+    fixed = cost([budget_interval * (k + 1) for k in range(int(horizon / budget_interval) + 1)])
+    end = estimate.quantile(end_z)
+    while end > window_start + 2 * gap:
+        times = [first] if first < window_start else []
+        moment = window_start
+        while moment < horizon:
+            times.append(moment)
+            overdue = moment - end
+            moment += gap if overdue < 0 else min(max_gap, gap + growth * overdue)
+        if cost(times) <= fixed:
+            return end
+        end -= 2 * gap
+    return window_start + 2 * gap
 
 
 class FixedPollSchedule(PollSchedule):

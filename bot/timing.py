@@ -98,6 +98,17 @@ class Estimate:
             return _MIN_SIGMA
         return max(_MIN_SIGMA, math.log(self.p90 / self.p10) / (2 * _Z90))
 
+    @property
+    def mean(self) -> float:
+        return max(self.p50, 1.0) * math.exp(self.spread**2 / 2)
+
+    def survival(self, seconds: float) -> float:
+        """The share of jobs still running `seconds` after submission."""
+        if seconds <= 0:
+            return 1.0
+        z = math.log(seconds / max(self.p50, 1.0)) / self.spread
+        return 0.5 * math.erfc(z / math.sqrt(2))
+
     def quantile(self, z: float) -> float:
         """The time by which a fraction Φ(z) of jobs is done (log-normal through p50 and σ)."""
         return max(self.p50, 1.0) * math.exp(self.spread * z)
