@@ -20,7 +20,7 @@ from bot.errors import InputRejected, ProviderCreditsError, ProviderError
 from bot.guild_settings import GuildConfig, GuildSettings, ServerPaused
 from bot.jobs import Job
 from bot.model_health import ModelHealth, ModelUnavailable, rejects_model
-from bot.service import AnimateRequest, Clock, Conversation, JobService
+from bot.service import AnimateRequest, Clock, Conversation, JobService, check_end_frame
 from bot.spending import LimitStatus, Spending, format_usd
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,7 @@ class Admission:
         model: str | None,
         duration: int | None,
         resolution: str | None,
+        has_end_image: bool = False,
     ) -> Quote:
         """The cheap checks, in the member's order of interest; raises InputRejected."""
         config = await self.guild_settings.get(requester.guild_id)
@@ -112,6 +113,7 @@ class Admission:
         spec, duration, resolution = self.service.resolve_choices(
             model=model, duration=duration, resolution=resolution, prompt=prompt
         )
+        check_end_frame(spec, has_end_image=has_end_image)
         if self.models is not None:
             await self.models.check(spec.id, now=self.clock.now())
         estimate = self.spending.estimate(spec, duration, resolution)

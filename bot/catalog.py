@@ -57,6 +57,10 @@ class ModelSpec:
     prompt_max_length: int | None = None
     usd_per_second: Mapping[str, float] | None = None
     """Price per output second by resolution, where known."""
+    last_image_field: str | None = None
+    """The request field for an end frame (`last_image_url`, `tail_image_url`), if the model
+    takes one."""
+    last_image_required: bool = False
 
     def preset(self, resolution: str) -> Preset:
         try:
@@ -91,10 +95,15 @@ class ModelSpec:
         duration: int,
         resolution: str,
         orientation: Orientation,
+        last_image_url: str | None = None,
     ) -> dict[str, Any]:
         """The JSON body for POST /v2/video/generations, with documented fields only."""
         self.check(prompt=prompt, duration=duration, resolution=resolution)
         body: dict[str, Any] = {"model": self.id, "prompt": prompt, self.image_field: image_url}
+        if last_image_url is not None:
+            if self.last_image_field is None:
+                raise InputRejected(f"{self.label} does not take an end frame.")
+            body[self.last_image_field] = last_image_url
         body[self.duration_field] = self.duration_type(duration)
         if self.resolution_field is not None:
             body[self.resolution_field] = resolution
@@ -150,6 +159,18 @@ _MODELS = (
         typical_seconds=90,
     ),
     ModelSpec(
+        # First and last frame both required (docs/aiml-i2v-catalog.md, row 30).
+        id="google/veo-3.1-first-last-image-to-video",
+        label="Veo 3.1 (first + last frame)",
+        resolutions={"720p": _HD, "1080p": _FULL_HD},
+        default_resolution="1080p",
+        durations=(4, 6, 8),
+        default_duration=8,
+        typical_seconds=90,
+        last_image_field="last_image_url",
+        last_image_required=True,
+    ),
+    ModelSpec(
         id="google/veo-3.1-i2v-fast",
         label="Veo 3.1 Fast",
         resolutions={"720p": _HD, "1080p": _FULL_HD},
@@ -190,6 +211,7 @@ _MODELS = (
         durations=tuple(range(4, 16)),
         default_duration=5,
         typical_seconds=139,
+        last_image_field="last_image_url",
     ),
     ModelSpec(
         id="x-ai/grok-imagine-video-1.5-preview",

@@ -62,6 +62,7 @@ class NewJob:
     interaction_id: int | None = None
     parent_job_id: int | None = None
     chain_length: int = 1
+    end_image_data: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,8 @@ class Job:
     joined_message_id: int | None = None
     """The message with the chain's clips joined into one video."""
     cancelled_by: int | None = None
+    end_image_data: bytes | None = None
+    """The fitted end frame (models that take a last frame), kept until the provider has it."""
     poll_worker: str | None = None
     """The worker that last claimed the job's poll; while it polls, next_poll_at is its lease."""
 

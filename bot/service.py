@@ -144,6 +144,8 @@ class AnimateRequest:
     """Extend: the job whose last frame is `image`."""
     chain_length: int = 1
     already_fitted: bool = False
+    end_image: bytes | None = None
+    """An end frame, for models that take a last frame; fitted like the first."""
     """`image` is a frame this bot fitted before (Again, Edit prompt): used as it is when it
     already has the preset's size, so repeated Agains never lose quality to re-encoding."""
 
@@ -157,6 +159,7 @@ class PreparedRequest:
     duration: int
     resolution: str
     image: PreparedImage
+    end_image: PreparedImage | None = None
 
     @property
     def estimated_usd(self) -> float | None:
@@ -386,6 +389,7 @@ class JobService:
             prompt=request.prompt,
         )
         await self.check_quota(request.requester_id)
+        check_end_frame(spec, has_end_image=request.end_image is not None)
         preset = spec.preset(resolution)
         if request.already_fitted:
             reused = await asyncio.to_thread(
@@ -401,7 +405,17 @@ class JobService:
             fit=request.fit,
             limits=self.limits,
         )
-        return PreparedRequest(request, spec, duration, resolution, image)
+        end_image = None
+        if request.end_image is not None:
+            # The same frame as the first: the clip must end where it began, size-wise.
+            end_image = await self.fitter.fit(
+                request.end_image,
+                preset=preset,
+                orientation=image.orientation,
+                fit=request.fit,
+                limits=self.limits,
+            )
+        return PreparedRequest(request, spec, duration, resolution, image, end_image)
 
     async def start(
         self,
@@ -457,6 +471,7 @@ class JobService:
                 interaction_id=req.interaction_id,
                 parent_job_id=req.parent_job_id,
                 chain_length=req.chain_length,
+                end_image_data=prepared.end_image.jpeg if prepared.end_image else None,
             ),
             now=now,
             # Leased to us from the start: if we crash before submitting, the loop submits it
@@ -488,6 +503,7 @@ class JobService:
             outcome=Outcome.FAILED,
             error_message=reason,
             image_data=None,
+            end_image_data=None,
             next_poll_at=None,
         )
         if abandoned is not None:
@@ -511,6 +527,7 @@ class JobService:
             finished_at=self.clock.now(),
             next_poll_at=None,
             image_data=None,
+            end_image_data=None,
         )
         if cancelled is not None:
             self.metrics.job_finished(outcome=Outcome.CANCELLED, model=cancelled.model)
@@ -554,12 +571,18 @@ class JobService:
             raise RuntimeError(f"job {job.id} has no image left to submit")
         image_url = await asyncio.to_thread(jpeg_data_uri, job.image_data)  # ~1 MB of base64
         estimate = await self._estimate(job)  # read now: nothing may delay recording the id
+        last_image_url = (
+            await asyncio.to_thread(jpeg_data_uri, job.end_image_data)
+            if job.end_image_data is not None
+            else None
+        )
         body = spec.build_request(
             prompt=job.prompt,
             image_url=image_url,
             duration=job.duration,
             resolution=job.resolution,
             orientation="portrait" if job.orientation == "portrait" else "landscape",
+            last_image_url=last_image_url,
         )
         held = await self.store.hold_submit(
             job.id,
@@ -617,6 +640,7 @@ class JobService:
                 last_checked_at=now,
                 waited_seconds=0.0,
                 image_data=None,  # no longer needed once the provider has it
+                end_image_data=None,
                 next_poll_at=now + timedelta(seconds=self.schedule.first_delay(estimate)),
             ),
         )
@@ -1030,6 +1054,7 @@ class JobService:
             "finished_at": now,
             "next_poll_at": None,
             "image_data": None,
+            "end_image_data": None,
         }
         if error is not None:
             changes["error_message"] = error
@@ -1314,6 +1339,20 @@ class JobService:
             await delivery.show_status(job)
         except Exception:
             log.warning("job %s: could not update the status message", job.id, exc_info=True)
+
+
+def check_end_frame(spec: ModelSpec, *, has_end_image: bool) -> None:
+    """An end frame only for models that take one; required by some (InputRejected)."""
+    if has_end_image and spec.last_image_field is None:
+        takers = [s.label for s in CATALOG.values() if s.last_image_field is not None]
+        raise InputRejected(
+            f"{spec.label} can't take an end frame. Models that can: {', '.join(takers)}."
+        )
+    if not has_end_image and spec.last_image_required:
+        raise InputRejected(
+            f"{spec.label} needs an end frame too: attach one as end_image, or choose another "
+            "model."
+        )
 
 
 def _orientation_of(choice: OrientationChoice) -> Literal["landscape", "portrait"]:

@@ -166,6 +166,7 @@ jobs = sa.Table(
     sa.Column("chain_length", sa.Integer(), nullable=False, server_default="1"),
     sa.Column("joined_message_id", sa.BigInteger(), nullable=True),
     sa.Column("cancelled_by", sa.BigInteger(), nullable=True),
+    sa.Column("end_image_data", sa.LargeBinary(), nullable=True),
     sa.Column("poll_worker", sa.Text(), nullable=True),
     # The loop's hot queries: due polls by time, and the per-user quota.
     sa.Index("ix_jobs_state_next_poll_at", "state", "next_poll_at"),

@@ -198,6 +198,7 @@ class Animate(commands.Cog):
         orientation="Landscape or portrait; auto follows the picture",
         resolution="Output resolution (depends on the model)",
         model="Which video model to use",
+        end_image="Optional: where the video should end (models that take a last frame)",
         fit="crop: fill the frame and trim edges; pad: keep the whole picture",
     )
     @app_commands.choices(
@@ -223,10 +224,19 @@ class Animate(commands.Cog):
         resolution: str | None = None,
         model: str | None = None,
         fit: str = "crop",
+        end_image: discord.Attachment | None = None,
     ) -> None:
         with self._command_running():
             await self._animate(
-                interaction, image, prompt, duration, orientation, resolution, model, fit
+                interaction,
+                image,
+                prompt,
+                duration,
+                orientation,
+                resolution,
+                model,
+                fit,
+                end_image,
             )
 
     async def _animate(
@@ -239,6 +249,7 @@ class Animate(commands.Cog):
         resolution: str | None,
         model: str | None,
         fit: str,
+        end_image: discord.Attachment | None = None,
     ) -> None:
         # Acknowledge first: Discord allows 3 s, and downloading a photo can take longer.
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -247,6 +258,7 @@ class Animate(commands.Cog):
             prompt=prompt,
             orientation=cast("OrientationChoice", orientation),  # Discord sends only choices
             fit=cast("FitMode", fit),
+            end_image=end_image,
         )
         await self.begin(interaction, params, model=model, duration=duration, resolution=resolution)
 
@@ -265,7 +277,12 @@ class Animate(commands.Cog):
         self._check_permissions(interaction)
         requester = _requester(interaction)
         quote = await self.admission.quote(
-            requester, prompt=params.prompt, model=model, duration=duration, resolution=resolution
+            requester,
+            prompt=params.prompt,
+            model=model,
+            duration=duration,
+            resolution=resolution,
+            has_end_image=params.end_image is not None,
         )
         await self.service.check_quota(interaction.user.id)
         if not quote.needs_confirmation:
@@ -302,6 +319,7 @@ class Animate(commands.Cog):
             if isinstance(params.image, bytes)
             else await self._read_image(params.image)
         )
+        end = None if params.end_image is None else await self._read_image(params.end_image)
         request = AnimateRequest(
             image=data,
             prompt=params.prompt,
@@ -315,6 +333,7 @@ class Animate(commands.Cog):
             parent_job_id=params.parent_job_id,
             chain_length=params.chain_length,
             already_fitted=params.already_fitted,
+            end_image=end,
         )
         announced: list[str] = []
 
@@ -476,6 +495,7 @@ class _Params:
     parent_job_id: int | None = None
     chain_length: int = 1
     already_fitted: bool = False
+    end_image: discord.Attachment | None = None
 
 
 def _requester(interaction: discord.Interaction[AnimateBot]) -> Requester:

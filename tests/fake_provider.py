@@ -515,10 +515,10 @@ class FakeProvider:
             raise _Invalid(_type_error("prompt", "string", prompt))
         if model not in SORA_MODELS:
             # Other catalogue models: the generic documented shape only.
-            image = body.get("image_url")
-            if image is not None:
-                _check_uri(image)
-            generic = SORA_FIELDS
+            for field_name in ("image_url", "last_image_url", "tail_image_url"):
+                if body.get(field_name) is not None:
+                    _check_uri(body[field_name])
+            generic = (*SORA_FIELDS, "last_image_url")
             return model, sorted(k for k in body if k not in generic), False
         needs_image, resolutions, default_resolution = SORA_MODELS[model]
         known = set(SORA_FIELDS) if needs_image else set(SORA_FIELDS) - {"image_url"}

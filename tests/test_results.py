@@ -332,3 +332,35 @@ async def test_again_on_a_job_whose_picture_expired_says_so(env: Env) -> None:
         reply = await press(env, video, "Again", env.user_id)
     assert "no longer kept" in reply and "30 days" in reply
     assert len(env.provider.jobs) == 1
+
+
+# --- end frames ----------------------------------------------------------------------------
+
+
+async def test_an_end_frame_is_sent_at_the_preset_size_with_the_first(env: Env) -> None:
+    async with started(env) as run:
+        env.run = run
+        end = env.discord.add_attachment(jpeg(900, 1600), "end.jpg", "image/jpeg")
+        reply = await env.wait_reply(
+            await env.animate(model="bytedance/seedance-2-0", end_image=end, duration=5)
+        )
+    assert reply.startswith("Started")
+    [job] = env.provider.jobs.values()
+    first = picture_of(job.body["image_url"])
+    last = picture_of(job.body["last_image_url"])
+    # Both frames at the 720p preset, in the first picture's orientation (a portrait end frame
+    # is fitted to the landscape clip).
+    assert first.size == last.size == (1280, 720)
+
+
+async def test_an_end_frame_on_a_model_without_one_is_refused_by_name(env: Env) -> None:
+    async with started(env) as run:
+        env.run = run
+        end = env.discord.add_attachment(jpeg(1600, 900), "end.jpg", "image/jpeg")
+        refused = await env.wait_reply(await env.animate(end_image=end))
+        needs = await env.wait_reply(
+            await env.animate(model="google/veo-3.1-first-last-image-to-video")
+        )
+    assert "can't take an end frame" in refused and "Seedance 2.0" in refused
+    assert "needs an end frame" in needs
+    assert env.provider.requests == []
