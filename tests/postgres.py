@@ -28,6 +28,8 @@ from typing import Any, NoReturn
 
 import pytest
 
+from bot.store import JobStore
+
 SUPERUSER = "test"
 DATABASE = "test"
 START_TIMEOUT_SECONDS = 30
@@ -262,3 +264,13 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'jobs.db'}"
     return str(request.getfixturevalue("fresh_postgres_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[JobStore]:
+    """A migrated store on each backend, closed afterwards."""
+    opened = await JobStore.open(store_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()

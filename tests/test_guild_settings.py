@@ -6,7 +6,6 @@ Every database test runs on SQLite and on a real PostgreSQL server (`store_url`)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -33,15 +32,6 @@ DEFAULTS = BotDefaults(
     max_active=3,
     cooldown_seconds=30,
 )
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[JobStore]:
-    opened = await JobStore.open(store_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 @pytest.fixture

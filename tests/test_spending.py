@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -50,15 +49,6 @@ DEFAULTS = BotDefaults(
     max_active=0,
     cooldown_seconds=0,
 )
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[JobStore]:
-    opened = await JobStore.open(store_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def spending_for(store: JobStore, defaults: BotDefaults = DEFAULTS) -> Spending:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -36,15 +35,6 @@ class Now:
 
     def advance(self, seconds: float) -> None:
         self.moment += timedelta(seconds=seconds)
-
-
-@pytest.fixture
-async def store(store_url: str) -> AsyncIterator[JobStore]:
-    opened = await JobStore.open(store_url)
-    try:
-        yield opened
-    finally:
-        await opened.close()
 
 
 def new_job(model: str = SORA, resolution: str = "720p", duration: int = 4) -> NewJob:
