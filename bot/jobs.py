@@ -16,7 +16,7 @@ Lifecycle (`JobState`):
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 
@@ -63,6 +63,11 @@ class NewJob:
     parent_job_id: int | None = None
     chain_length: int = 1
     end_image_data: bytes | None = None
+    delivery_target: str | None = None
+    interaction_token: str | None = field(default=None, repr=False)
+    """A credential (answers through the interaction's webhook): never logged nor shown."""
+    interaction_expires_at: datetime | None = None
+    origin_guild_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,8 @@ class Job:
     delivery_note: str | None = None
     """What happened while posting (the thread was gone, posted elsewhere), for the status."""
     delivery_target: str | None = None
-    """None: the thread or channel; "channel": the thread is gone; "dm": the channel is too."""
+    """None: the thread or channel; "channel": the thread is gone; "dm": the channel is too;
+    "interaction": the interaction's follow-ups (a user install where the bot cannot post)."""
     parent_job_id: int | None = None
     """The job this one extends: its last frame is this job's first."""
     chain_length: int = 1
@@ -129,6 +135,14 @@ class Job:
     """The fitted end frame (models that take a last frame), kept until the provider has it."""
     poll_worker: str | None = None
     """The worker that last claimed the job's poll; while it polls, next_poll_at is its lease."""
+    interaction_token: str | None = field(default=None, repr=False)
+    """The interaction's token, for jobs answered through it (user installs where the bot can't
+    post): a credential, kept out of repr and logs and cleared once the job is done."""
+    interaction_expires_at: datetime | None = None
+    """When that token dies (Discord: 15 minutes after the interaction), on the bot's clock."""
+    origin_guild_id: int | None = None
+    """The server a user-install job was asked in when the bot is not a member there. Only for
+    the link back to it: `guild_id` stays None, so only member and bot limits apply."""
 
     @property
     def delivery_channel_id(self) -> int:

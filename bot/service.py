@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
@@ -125,6 +125,17 @@ class Delivery(Protocol):
 
 
 @dataclass(frozen=True)
+class InteractionAnswer:
+    """How to answer through an interaction's webhook when the bot cannot post itself."""
+
+    token: str = field(repr=False)
+    """A credential: never logged, cleared from the job once it is done."""
+    expires_at: datetime
+    origin_guild_id: int | None
+    """The server the command came from (the bot is not in it), for the link back only."""
+
+
+@dataclass(frozen=True)
 class AnimateRequest:
     """A member's `/animate`, after Discord-specific parsing."""
 
@@ -146,6 +157,9 @@ class AnimateRequest:
     already_fitted: bool = False
     end_image: bytes | None = None
     """An end frame, for models that take a last frame; fitted like the first."""
+    answer_through: InteractionAnswer | None = None
+    """Set when the bot cannot post where the command was used (a user install): results go
+    through the interaction's follow-ups while its token lives, then by DM."""
     """`image` is a frame this bot fitted before (Again, Edit prompt): used as it is when it
     already has the preset's size, so repeated Agains never lose quality to re-encoding."""
 
@@ -472,6 +486,7 @@ class JobService:
                 parent_job_id=req.parent_job_id,
                 chain_length=req.chain_length,
                 end_image_data=prepared.end_image.jpeg if prepared.end_image else None,
+                **_answer_fields(req.answer_through),
             ),
             now=now,
             # Leased to us from the start: if we crash before submitting, the loop submits it
@@ -505,6 +520,7 @@ class JobService:
             image_data=None,
             end_image_data=None,
             next_poll_at=None,
+            interaction_token=None,
         )
         if abandoned is not None:
             self.metrics.job_finished(outcome=Outcome.FAILED, model=job.model)
@@ -1111,6 +1127,8 @@ class JobService:
                 lag = (self.clock.now() - claimed.finished_at).total_seconds()
                 self.metrics.delivered(outcome=claimed.outcome, lag_seconds=lag)
             await self.refresh_status(delivery, job.id)
+            if claimed.interaction_token is not None:
+                await self.store.forget_interaction_token(job.id)
             log.info("job %s: delivered (%s)", job.id, claimed.outcome)
             await self._tell_delivered(job.id)
         return done
@@ -1135,9 +1153,22 @@ class JobService:
 
     async def _next_destination(self, job: Job) -> Job | None:
         """Thread → its channel → the requester's DMs → nowhere (said in the status)."""
-        if job.delivery_target is None and job.thread_id is not None:
-            target: str | None = "channel"
+        if job.delivery_target == "interaction":
+            # Discord accepts an interaction's follow-ups for 15 minutes only.
+            target: str | None = "dm"
+            note = (
+                "It took longer than the 15 minutes Discord lets the bot answer a command "
+                "there, so it was sent to you by DM."
+            )
+        elif job.delivery_target is None and job.thread_id is not None:
+            target = "channel"
             note = "The thread was deleted, so the result was posted in the channel."
+        elif job.interaction_expires_at is not None:
+            target = None
+            note = (
+                "The bot could not reach you: the command's 15 minutes had passed and your DMs "
+                f"are closed. Use /show {job.id} in a DM with the bot to get it."
+            )
         elif job.delivery_target != "dm":
             target = "dm"
             note = "The bot could not post in the channel any more, so it sent you a DM."
@@ -1326,6 +1357,8 @@ class JobService:
         await self._forget_video(job.id)
         # The status message may still be reachable when the thread is not.
         await self.refresh_status(delivery, job.id)
+        if job.interaction_token is not None:
+            await self.store.forget_interaction_token(job.id)
 
     async def refresh_status(self, delivery: Delivery, job_id: int) -> None:
         """Show the job's current state, read fresh so a late edit never undoes a newer one."""
@@ -1339,6 +1372,17 @@ class JobService:
             await delivery.show_status(job)
         except Exception:
             log.warning("job %s: could not update the status message", job.id, exc_info=True)
+
+
+def _answer_fields(answer: InteractionAnswer | None) -> dict[str, Any]:
+    if answer is None:
+        return {}
+    return {
+        "delivery_target": "interaction",
+        "interaction_token": answer.token,
+        "interaction_expires_at": answer.expires_at,
+        "origin_guild_id": answer.origin_guild_id,
+    }
 
 
 def check_end_frame(spec: ModelSpec, *, has_end_image: bool) -> None:

@@ -168,6 +168,9 @@ jobs = sa.Table(
     sa.Column("cancelled_by", sa.BigInteger(), nullable=True),
     sa.Column("end_image_data", sa.LargeBinary(), nullable=True),
     sa.Column("poll_worker", sa.Text(), nullable=True),
+    sa.Column("interaction_token", sa.Text(), nullable=True),
+    sa.Column("interaction_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("origin_guild_id", sa.BigInteger(), nullable=True),
     # The loop's hot queries: due polls by time, and the per-user quota.
     sa.Index("ix_jobs_state_next_poll_at", "state", "next_poll_at"),
     sa.Index("ix_jobs_requester_id_state", "requester_id", "state"),
@@ -421,6 +424,28 @@ class JobStore:
         """Remove kept pictures recorded before `older_than`; returns how many."""
         cutoff = require_aware(older_than, "older_than")
         statement = job_images.delete().where(job_images.c.created_at < cutoff)
+        async with self._write.begin() as session:
+            result = await session.execute(statement)
+        return int(getattr(result, "rowcount", 0) or 0)
+
+    async def forget_interaction_token(self, job_id: int) -> None:
+        """A credential, useless once the job is done (and its status shown): not kept."""
+        statement = jobs.update().where(jobs.c.id == job_id).values(interaction_token=None)
+        async with self._write.begin() as session:
+            await session.execute(statement)
+
+    async def forget_interaction_tokens(self, *, now: datetime) -> int:
+        """Clear interaction tokens that can no longer be used (expired, or the job is done but
+        ended without a delivery: cancelled, abandoned); returns how many."""
+        now = require_aware(now, "now")
+        statement = (
+            jobs.update()
+            .where(
+                jobs.c.interaction_token.is_not(None),
+                sa.or_(jobs.c.state == JobState.DONE, jobs.c.interaction_expires_at < now),
+            )
+            .values(interaction_token=None)
+        )
         async with self._write.begin() as session:
             result = await session.execute(statement)
         return int(getattr(result, "rowcount", 0) or 0)

@@ -25,7 +25,7 @@ from bot.errors import BotError, ImageRejected, InputRejected, user_message
 from bot.imaging import FitMode, OrientationChoice
 from bot.jobs import Job
 from bot.model_health import ModelHealth
-from bot.service import AnimateRequest, Conversation, JobService
+from bot.service import AnimateRequest, Conversation, InteractionAnswer, JobService
 from bot.spending import format_usd
 from cogs.audit import post_audit, post_audit_everywhere
 from cogs.delivery import DiscordDelivery, first_frame_file, status_embed, thread_name
@@ -61,6 +61,8 @@ NEEDED_FOR_NEW_THREADS = {
 _NOT_IMAGE_PREFIXES = ("text/", "video/", "audio/", "application/pdf", "application/zip")
 
 _RETENTION_EVERY = timedelta(hours=1)
+# How long Discord accepts an interaction's follow-ups and edits.
+INTERACTION_TOKEN_LIFETIME = timedelta(minutes=15)
 
 _RESOLUTIONS = sorted(
     {r for spec in CATALOG.values() for r in spec.resolutions}, key=lambda r: int(r.rstrip("pPk"))
@@ -84,7 +86,7 @@ class Animate(commands.Cog):
     def __init__(self, bot: AnimateBot) -> None:
         self.bot = bot
         self.delivery = DiscordDelivery(
-            bot, on_posted=self._audit_result, eta=bot.service.timing.eta
+            bot, on_posted=self._audit_result, eta=bot.service.timing.eta, now=bot.service.clock.now
         )
         # Commands in progress, so shutdown can let them finish their submit and reply.
         self._commands_running = 0
@@ -120,6 +122,8 @@ class Animate(commands.Cog):
         removed = await self.service.forget_old_images()
         if removed:
             log.info("retention: removed %d kept pictures", removed)
+        # Tokens of cancelled or expired jobs: credentials nobody can use any more.
+        await self.bot.store.forget_interaction_tokens(now=now)
 
     async def _audit_result(self, job: Job, what: str) -> None:
         if job.guild_id is None:
@@ -188,6 +192,10 @@ class Animate(commands.Cog):
         await self.bot.wait_until_ready()
 
     @app_commands.command(name="animate", description="Turn a picture into a short video")
+    # Also installable to a member's account and usable in DMs, group DMs and servers without
+    # the bot; there it answers through the interaction (see _answers_through_interaction).
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     @app_commands.describe(
         image=(
             "The picture to animate (JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF); "
@@ -287,7 +295,11 @@ class Animate(commands.Cog):
         await self.service.check_quota(interaction.user.id)
         if not quote.needs_confirmation:
             text = await self._admit(interaction, requester, quote, params)
-            await interaction.followup.send(f"{note}{text}", ephemeral=True)
+            if _answers_through_interaction(interaction):
+                # The first reply already holds the note about 15 minutes; it becomes this.
+                await interaction.edit_original_response(content=f"{note}{text}")
+            else:
+                await interaction.followup.send(f"{note}{text}", ephemeral=True)
             return
         view = ConfirmView(self, interaction, requester, quote, params)
         prompt_text = (
@@ -295,11 +307,13 @@ class Animate(commands.Cog):
             f"({quote.spec.label}, {quote.resolution}, {quote.duration} s). "
             f"{quote.left_line()} Nothing is spent until you press Generate."
         ).strip()
+        if _answers_through_interaction(interaction):
+            prompt_text += "\n" + interaction_note(None)
         await interaction.followup.send(prompt_text, view=view, ephemeral=True)
 
     def _check_permissions(self, interaction: discord.Interaction[AnimateBot]) -> None:
         in_thread = isinstance(interaction.channel, discord.Thread)
-        if interaction.guild_id is not None:
+        if interaction.guild_id is not None and not _answers_through_interaction(interaction):
             needed = NEEDED_IN_THREADS if in_thread else NEEDED_EVERYWHERE
             missing = _missing(interaction.app_permissions, needed)
             if missing:
@@ -334,6 +348,7 @@ class Animate(commands.Cog):
             chain_length=params.chain_length,
             already_fitted=params.already_fitted,
             end_image=end,
+            answer_through=self._interaction_answer(interaction),
         )
         announced: list[str] = []
 
@@ -354,6 +369,19 @@ class Animate(commands.Cog):
                 f"{job.resolution}, {job.duration} s, about {cost}.",
             )
         return f"Started! {announced[0]}"
+
+    def _interaction_answer(
+        self, interaction: discord.Interaction[AnimateBot]
+    ) -> InteractionAnswer | None:
+        if not _answers_through_interaction(interaction):
+            return None
+        # The token lives 15 minutes from the interaction; recorded on the service's clock.
+        age = discord.utils.utcnow() - interaction.created_at
+        return InteractionAnswer(
+            token=interaction.token,
+            expires_at=self.service.clock.now() + INTERACTION_TOKEN_LIFETIME - age,
+            origin_guild_id=interaction.guild_id,
+        )
 
     async def _read_image(self, attachment: discord.Attachment) -> bytes:
         limit = self.bot.settings.max_image_bytes
@@ -380,6 +408,8 @@ class Animate(commands.Cog):
 
         Returns (where to look, thread id or None, status message id).
         """
+        if _answers_through_interaction(interaction):
+            return await self._open_through_interaction(interaction, job)
         channel = interaction.channel
         if not isinstance(channel, discord.abc.Messageable):
             raise InputRejected("I can't post in this kind of channel. Try a text channel.")
@@ -426,6 +456,24 @@ class Animate(commands.Cog):
             )
             return "Your video will be posted in this channel.", None, status.id
         return f"Follow along in {thread.mention}.", thread.id, status.id
+
+    async def _open_through_interaction(
+        self, interaction: discord.Interaction[AnimateBot], job: Job
+    ) -> tuple[str, int | None, int]:
+        """Where the bot cannot post (a user install): the status is the interaction's own
+        follow-up, and nothing can reach the member there after 15 minutes, so say so now."""
+        where = "The video will be posted here. " + interaction_note(job.id)
+        # Fills the "thinking…" reply first, so the status below is a public follow-up of its
+        # own rather than the edit of that private reply.
+        await interaction.edit_original_response(content=f"Starting… {where}")
+        status = await interaction.followup.send(
+            embed=status_embed(job),
+            file=first_frame_file(job.image_data or b""),
+            view=status_view(job),
+            allowed_mentions=discord.AllowedMentions.none(),
+            wait=True,
+        )
+        return where, None, status.id
 
     async def cog_app_command_error(
         self,
@@ -498,7 +546,36 @@ class _Params:
     end_image: discord.Attachment | None = None
 
 
+def _answers_through_interaction(interaction: discord.Interaction[AnimateBot]) -> bool:
+    """A user install where the bot cannot post itself: a group DM, or a server that has not
+    installed the bot. (In its own DMs the bot can post, as with a guild install.)"""
+    if interaction.context.private_channel:
+        return True
+    return interaction.guild_id is not None and not interaction.is_guild_integration()
+
+
+def interaction_note(job_id: int | None) -> str:
+    """Said up front: after 15 minutes nothing can reach the member where they asked."""
+    show = f"`/show {job_id}`" if job_id is not None else "`/show` with the job number"
+    return (
+        "I'm not a member here, so I answer through this command, which Discord allows for "
+        "15 minutes. A video that takes longer is sent to you by DM; if your DMs are closed, "
+        f"use {show} in a DM with me to get it."
+    )
+
+
 def _requester(interaction: discord.Interaction[AnimateBot]) -> Requester:
+    if _answers_through_interaction(interaction):
+        # The server has not installed the bot: its settings and limits do not apply, only
+        # the member's and the bot's (as in DMs).
+        return Requester(
+            user_id=interaction.user.id,
+            guild_id=None,
+            channel_ids={interaction.channel_id or 0},
+            role_ids=[],
+            existing_channels=None,
+            existing_roles=None,
+        )
     channel = interaction.channel
     channel_ids = {interaction.channel_id or 0}
     if isinstance(channel, discord.Thread) and channel.parent_id is not None:

@@ -1,7 +1,9 @@
 """How jobs look in Discord, and the `Delivery` the job service posts through.
 
-Everything here uses the bot's own token (partial messageables by id), never the interaction's:
-interaction tokens die after 15 minutes and jobs outlive restarts.
+Everything here uses the bot's own token (partial messageables by id), except for jobs started
+where the bot cannot post itself (a user install in a group DM or a server without the bot):
+those are answered through the interaction's webhook while its token lives (15 minutes), then
+by DM.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import discord
@@ -184,9 +186,18 @@ def link_item(url: str) -> discord.ui.Button[Any] | None:
 
 
 def jump_url(job: Job) -> str | None:
-    if job.guild_id is None or job.status_message_id is None:
+    guild: int | str | None = job.guild_id or job.origin_guild_id
+    if guild is None and job.interaction_expires_at is not None:
+        guild = "@me"  # a user install in a group DM or a DM
+    if guild is None or job.status_message_id is None:
         return None
-    return f"https://discord.com/channels/{job.guild_id}/{job.channel_id}/{job.status_message_id}"
+    return f"https://discord.com/channels/{guild}/{job.channel_id}/{job.status_message_id}"
+
+
+# An upload must finish before the token dies: with less left than this, the DM is used.
+INTERACTION_MARGIN = timedelta(seconds=60)
+# Discord's answers for a dead interaction token: Unknown Webhook, Invalid Webhook Token.
+_TOKEN_DEAD_STATUSES = frozenset({401, 404})
 
 
 # Discord's answers that mean "this place is gone or closed to the bot": Unknown Channel,
@@ -202,8 +213,11 @@ class DiscordDelivery:
         client: discord.Client,
         on_posted: Callable[[Job, str], Awaitable[None]] | None = None,
         eta: Callable[[Job], Eta | None] | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.client = client
+        # The service's clock: interaction token expiries are recorded on it.
+        self.now = now or (lambda: datetime.now(UTC))
         # The job's ETA from learned completion times (JobService.timing.eta), if known.
         self.eta = eta
         # Told what was posted (for the server's audit log); its failures never matter here.
@@ -220,6 +234,23 @@ class DiscordDelivery:
     def _channel(self, channel_id: int) -> discord.PartialMessageable:
         return self.client.get_partial_messageable(channel_id)
 
+    def _token_alive(self, job: Job, margin: timedelta = timedelta(0)) -> bool:
+        return (
+            job.interaction_token is not None
+            and job.interaction_expires_at is not None
+            and self.now() + margin < job.interaction_expires_at
+        )
+
+    def _webhook(self, job: Job) -> discord.Webhook:
+        """The interaction's webhook, as discord.py builds `Interaction.followup`."""
+        application_id = self.client.application_id
+        if job.interaction_token is None or application_id is None:
+            raise DestinationGone("no interaction token")
+        return discord.Webhook.from_state(
+            data={"id": application_id, "type": 3, "token": job.interaction_token},
+            state=self.client._connection,
+        )
+
     async def _destination(self, job: Job) -> discord.abc.Messageable:
         if job.delivery_target == "dm":
             try:
@@ -231,12 +262,24 @@ class DiscordDelivery:
     async def show_status(self, job: Job) -> None:
         if job.status_message_id is None:
             return
-        message = self._channel(job.channel_id).get_partial_message(job.status_message_id)
         # Cancel stays while the job waits or generates; it goes once it is past that.
         eta = self.eta(job) if self.eta is not None else None
+        if job.interaction_expires_at is not None:
+            # The status message is the interaction's own follow-up: editable only through its
+            # token, and only while that lives (after that it keeps its last state).
+            if self._token_alive(job):
+                await self._webhook(job).edit_message(
+                    job.status_message_id, embed=status_embed(job, eta), view=status_view(job)
+                )
+            return
+        message = self._channel(job.channel_id).get_partial_message(job.status_message_id)
         await message.edit(embed=status_embed(job, eta), view=status_view(job))
 
     async def find_delivered(self, job: Job) -> int | None:
+        if job.delivery_target == "interaction":
+            # A webhook cannot read the channel's history; the claim in the store still keeps
+            # a result from being posted twice.
+            return None
         me = self.client.user
         marker = result_footer(job)
         destination = await self._destination(job)
@@ -271,6 +314,8 @@ class DiscordDelivery:
         # Persistent buttons (Again, Edit prompt, Extend, Delete / Try again); a link button
         # first when the result is a link Discord allows on a button.
         view = result_view(job, link=link_item(link) if link is not None else None)
+        if job.delivery_target == "interaction":
+            return await self._send_through_interaction(job, content, embed, file, view)
         try:
             if file is not None:
                 message = await destination.send(
@@ -291,6 +336,34 @@ class DiscordDelivery:
                     "job %s: destination refused (HTTP %s, code %s)", job.id, exc.status, exc.code
                 )
                 raise DestinationGone(f"HTTP {exc.status} code {exc.code}") from exc
+            raise
+        return message.id
+
+    async def _send_through_interaction(
+        self,
+        job: Job,
+        content: str,
+        embed: discord.Embed,
+        file: discord.File | None,
+        view: discord.ui.View,
+    ) -> int:
+        if not self._token_alive(job, INTERACTION_MARGIN):
+            raise DestinationGone("the interaction token has expired")
+        webhook = self._webhook(job)
+        mentions = requester_only(job)
+        try:
+            if file is not None:
+                message = await webhook.send(
+                    content, embed=embed, file=file, view=view, allowed_mentions=mentions, wait=True
+                )
+            else:
+                message = await webhook.send(
+                    content, embed=embed, view=view, allowed_mentions=mentions, wait=True
+                )
+        except discord.HTTPException as exc:
+            if exc.status in _TOKEN_DEAD_STATUSES:
+                log.info("job %s: the interaction token was refused (HTTP %s)", job.id, exc.status)
+                raise DestinationGone(f"interaction token refused (HTTP {exc.status})") from exc
             raise
         return message.id
 

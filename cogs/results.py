@@ -498,6 +498,10 @@ class Results(commands.Cog):
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
     @app_commands.command(name="show", description="Post a finished video again, with its buttons")
+    # A member who installed the app (not the server) gets a late video this way in the bot's
+    # DMs, so /show must be there for them too.
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True)
     @app_commands.describe(job="The job number (from /jobs or the status message)")
     async def show(self, interaction: discord.Interaction[AnimateBot], job: int) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -546,6 +550,9 @@ class Results(commands.Cog):
             ephemeral=True,
         )
 
+    # Like /animate: also from a member's own install, in DMs, group DMs and other servers.
+    @app_commands.allowed_installs(guilds=True, users=True)
+    @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     async def animate_image(
         self, interaction: discord.Interaction[AnimateBot], message: discord.Message
     ) -> None:

@@ -466,7 +466,16 @@ async def test_upgrade_in_place_keeps_old_rows(
     await upgrade_database(store_url, "0001")
     assert await current_revision(store_url) == "0001"
     old = dataclasses.asdict(new_job())
-    for later in ("interaction_id", "parent_job_id", "chain_length", "end_image_data"):
+    for later in (
+        "interaction_id",
+        "parent_job_id",
+        "chain_length",
+        "end_image_data",
+        "delivery_target",
+        "interaction_token",
+        "interaction_expires_at",
+        "origin_guild_id",
+    ):
         del old[later]
     engine = create_store_engine(store_url)
     try:

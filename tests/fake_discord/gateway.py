@@ -193,7 +193,7 @@ class GatewayHub:
         session.intents = intents
         session.session_id = new_session_id()
         world = self._world
-        guilds = [g for g in world.guilds.values() if session.owns(g.id)]
+        guilds = [g for g in world.guilds.values() if g.bot_member and session.owns(g.id)]
         ready: dict[str, Any] = {
             "v": 10,
             "user": world.bot_user_payload(),
@@ -263,6 +263,8 @@ class GatewayHub:
         returns how many got it."""
         delivered = 0
         guild_id = _guild_of(event, data)
+        if event != "INTERACTION_CREATE" and not self._world.bot_in_guild(guild_id):
+            return 0  # a server without the bot: only its members' interactions reach it
         for session in self.live:
             if session.wants(event, data) and session.owns(guild_id):
                 await session.dispatch_many([(event, data)])

@@ -178,6 +178,8 @@ class FakeUser:
     username: str
     bot: bool = False
     global_name: str | None = None
+    accepts_dms: bool = True
+    """False: the bot's messages to this user's DM channel are refused (403, code 50007)."""
 
 
 @dataclass
@@ -206,6 +208,9 @@ class FakeGuild:
     """The guild's own roles by id (@everyone is implicit)."""
     member_roles: dict[int, list[int]] = field(default_factory=dict)
     """User id -> the role ids they hold (never @everyone), in the order given."""
+    bot_member: bool = True
+    """False: a server that has not installed the bot, reached only through members' own
+    installs (the bot gets no events from it and has no access to its channels)."""
 
 
 @dataclass

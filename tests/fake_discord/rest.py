@@ -325,6 +325,7 @@ class RestApi:
                     "features": [],
                 }
                 for g in self.world.guilds.values()
+                if g.bot_member
             ]
         )
 
@@ -443,6 +444,11 @@ class RestApi:
 
     def _check_can_post(self, channel: FakeChannel, *, files: bool) -> None:
         if channel.type == DM:
+            if (
+                channel.recipient_id is not None
+                and not self.world.user(channel.recipient_id).accepts_dms
+            ):
+                raise DiscordError(403, 50007, "Cannot send messages to this user")
             return
         raw = self.world.bot_raw_permissions(channel)
         if not raw & VIEW_CHANNEL:

@@ -176,11 +176,20 @@ class FakeDiscord:
         *,
         filesize_limit: int = 10 * 1024 * 1024,
         shard: tuple[int, int] | None = None,
+        bot_member: bool = True,
     ) -> int:
         """A guild with the bot in it; dispatched as GUILD_CREATE if a bot is connected.
 
-        ``shard=(shard_id, shard_count)``: an id that puts the guild on that shard."""
+        ``shard=(shard_id, shard_count)``: an id that puts the guild on that shard.
+        ``bot_member=False``: a server that has not installed the bot; members who installed the
+        app to their account use it there (``invoke_command``), the bot gets no events from it
+        and every channel route answers 403 Missing Access, while the interaction's webhook
+        works as usual."""
         guild = self.world.add_guild(name, filesize_limit, shard)
+        if not bot_member:
+            guild.bot_member = False
+            guild.member_ids.remove(self.world.bot.id)
+            return guild.id
         self._schedule(
             self.gateway.dispatch("GUILD_CREATE", self.world.guild_create_payload(guild))
         )
@@ -227,6 +236,11 @@ class FakeDiscord:
     def add_dm_channel(self, user_id: int) -> int:
         """The DM channel between the bot and a user."""
         return self.world.dm_channel(user_id).id
+
+    def close_dms(self, user_id: int, closed: bool = True) -> None:
+        """The user no longer accepts DMs from the bot: its messages there get 403, code 50007
+        ("Cannot send messages to this user"); opening the DM channel still works."""
+        self.world.user(user_id).accepts_dms = not closed
 
     def delete_channel(self, channel_id: int, *, announce: bool = False) -> None:
         """A moderator deletes a channel or thread: from now on it is 404 Unknown Channel.
@@ -355,16 +369,23 @@ class FakeDiscord:
         user_id: int,
         guild_id: int | None,
         channel_id: int,
+        user_install: bool = False,
     ) -> FakeInteraction:
         """Send a slash-command INTERACTION_CREATE to the connected bot.
 
         ``name`` may be ``"group sub"`` for subcommands. Attachment options take the dict from
         :meth:`add_attachment` (or its id); user/channel/role options take ids.
+        ``user_install``: the member uses the app installed to their own account
+        (``authorizing_integration_owners`` names the user); in a guild added with
+        ``bot_member=False`` that is always so.
         """
         await self._settle()
         channel = self._interaction_channel(channel_id, guild_id, user_id)
         parts = name.split()
         command = self._find_command(parts[0], guild_id, kind=1)
+        if user_install or (guild_id is not None and not self.world.guild(guild_id).bot_member):
+            user_install = True
+            _check_user_installable(command, context=0 if guild_id is not None else 1)
         option_payload, resolved = self._build_options(
             command, parts[1:], dict(options or {}), channel, user_id
         )
@@ -378,7 +399,7 @@ class FakeDiscord:
             data["resolved"] = resolved
         if "guild_id" in command:
             data["guild_id"] = command["guild_id"]
-        payload = self._interaction_base(2, channel, user_id, guild_id)
+        payload = self._interaction_base(2, channel, user_id, guild_id, user_install=user_install)
         payload["data"] = data
         return await self._send_interaction(payload, name, user_id, guild_id, channel)
 
@@ -847,7 +868,13 @@ class FakeDiscord:
         return channel
 
     def _interaction_base(
-        self, kind: int, channel: FakeChannel, user_id: int, guild_id: int | None
+        self,
+        kind: int,
+        channel: FakeChannel,
+        user_id: int,
+        guild_id: int | None,
+        *,
+        user_install: bool = False,
     ) -> dict[str, Any]:
         world = self.world
         channel_payload = world.channel_payload(channel)
@@ -875,13 +902,18 @@ class FakeDiscord:
                 guild={"id": str(guild_id), "locale": "en-US", "features": []},
                 guild_locale="en-US",
                 member=member,
-                authorizing_integration_owners={"0": str(guild_id)},
+                authorizing_integration_owners=_integration_owners(
+                    guild_id if guild.bot_member else None,
+                    user_id if user_install or not guild.bot_member else None,
+                ),
                 context=0,
             )
         else:
             payload.update(
                 user=world.user_payload(world.user(user_id)),
-                authorizing_integration_owners={"0": "0"},
+                authorizing_integration_owners=(
+                    _integration_owners(None, user_id) if user_install else {"0": "0"}
+                ),
                 context=1,
             )
         return payload
@@ -1072,6 +1104,27 @@ class FakeDiscord:
         return web.Response(
             body=attachment.data, content_type=attachment.content_type or "application/octet-stream"
         )
+
+
+def _check_user_installable(command: dict[str, Any], *, context: int) -> None:
+    """Discord offers a command from a member's own install only when the command says so
+    (``integration_types`` has 1, ``contexts`` has the place: 0 guild, 1 bot DM, 2 group DM)."""
+    if 1 not in (command.get("integration_types") or [0]):
+        raise LookupError(f"/{command['name']} is not installable to a user (integration_types)")
+    contexts = command.get("contexts")
+    if contexts is not None and context not in contexts:
+        raise LookupError(f"/{command['name']} is not offered in context {context}")
+
+
+def _integration_owners(guild_id: int | None, user_id: int | None) -> dict[str, str]:
+    """``authorizing_integration_owners`` as Discord sends it: "0" the installing guild, "1"
+    the user who installed the app to their account."""
+    owners: dict[str, str] = {}
+    if guild_id is not None:
+        owners["0"] = str(guild_id)
+    if user_id is not None:
+        owners["1"] = str(user_id)
+    return owners
 
 
 def _walk_components(components: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:

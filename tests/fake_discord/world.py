@@ -224,6 +224,8 @@ class World:
         """The bot's permission bits configured for the channel (threads: the parent's)."""
         if channel.type == DM:
             return DM_PERMISSIONS
+        if not self.bot_in_guild(channel.guild_id):
+            return 0
         return self.text_channel_of(channel).bot_permissions
 
     def app_permissions(self, channel: FakeChannel) -> int:
@@ -325,6 +327,13 @@ class World:
         user = FakeUser(id=self.snowflakes.next(), username=name)
         self.users[user.id] = user
         return user
+
+    def bot_in_guild(self, guild_id: int | None) -> bool:
+        """Whether the bot is a member of the guild (None, a DM: yes)."""
+        if guild_id is None:
+            return True
+        guild = self.guilds.get(guild_id)
+        return guild is not None and guild.bot_member
 
     def ensure_member(self, guild_id: int, user_id: int) -> None:
         """Make the user a guild member."""
