@@ -267,10 +267,16 @@ class DiscordDelivery:
         if job.interaction_expires_at is not None:
             # The status message is the interaction's own follow-up: editable only through its
             # token, and only while that lives (after that it keeps its last state).
-            if self._token_alive(job):
+            if not self._token_alive(job):
+                return
+            try:
                 await self._webhook(job).edit_message(
                     job.status_message_id, embed=status_embed(job, eta), view=status_view(job)
                 )
+            except discord.HTTPException as exc:
+                if exc.status not in _TOKEN_DEAD_STATUSES:
+                    raise
+                log.info("job %s: the status can no longer be edited (token refused)", job.id)
             return
         message = self._channel(job.channel_id).get_partial_message(job.status_message_id)
         await message.edit(embed=status_embed(job, eta), view=status_view(job))

@@ -84,7 +84,9 @@ async def only_job(run: BotRun, env: Env) -> Job:  # noqa: F811
 
 async def finished_job(run: BotRun, env: Env) -> Job:  # noqa: F811
     async def done() -> bool:
-        return (await only_job(run, env)).state == JobState.DONE
+        # The token (a credential) is cleared right after the final status edit.
+        job = await only_job(run, env)
+        return job.state == JobState.DONE and job.interaction_token is None
 
     await env.until(done, within=20)
     return await only_job(run, env)
@@ -204,3 +206,29 @@ async def test_a_member_install_in_a_server_with_the_bot_posts_as_before(
     job = await finished_job(run=bot, env=env)
     assert job.guild_id == env.guild_id and job.status_message_id == status.id
     assert job.interaction_token is None and job.interaction_expires_at is None
+
+
+async def test_in_a_group_dm_the_video_comes_through_the_interaction(
+    env: Env,  # noqa: F811
+    bot: BotRun,
+) -> None:
+    friend = env.discord.add_user("grace")
+    group = env.discord.add_group_dm([env.user_id, friend])
+    env.provider.script_next_job(["queued", "generating", "completed"], video=VIDEO)
+    attachment = env.discord.add_attachment(jpeg(1600, 900), "photo.jpg", "image/jpeg")
+    interaction = await env.discord.invoke_command(
+        "animate",
+        {"image": attachment, "prompt": "the waves roll in slowly"},
+        user_id=env.user_id,
+        guild_id=None,
+        channel_id=group,
+    )
+    assert interaction.payload["context"] == 2
+    assert "/show" in await started_reply(env, interaction)
+    await env.discord.wait_for(lambda: len(videos(interaction.followups())) == 1, timeout=20)
+    [video] = videos(interaction.followups())
+    assert video.channel_id == group and video.attachments[0].data == VIDEO
+    job = await finished_job(run=bot, env=env)
+    assert job.guild_id is None and job.channel_id == group
+    assert env.discord.requests("POST", r"^/api/v10/channels/") == []
+    assert bot.error_messages() == []

@@ -263,8 +263,10 @@ class GatewayHub:
         returns how many got it."""
         delivered = 0
         guild_id = _guild_of(event, data)
-        if event != "INTERACTION_CREATE" and not self._world.bot_in_guild(guild_id):
-            return 0  # a server without the bot: only its members' interactions reach it
+        if event != "INTERACTION_CREATE" and not (
+            self._world.bot_in_guild(guild_id) and self._world.bot_in_channel(data)
+        ):
+            return 0  # a server or group DM without the bot: only interactions reach it
         for session in self.live:
             if session.wants(event, data) and session.owns(guild_id):
                 await session.dispatch_many([(event, data)])

@@ -63,6 +63,7 @@ PRIVILEGED_INTENTS = (1 << 1) | (1 << 8) | (1 << 15)
 # Channel types.
 GUILD_TEXT = 0
 DM = 1
+GROUP_DM = 3
 PUBLIC_THREAD = 11
 PRIVATE_THREAD = 12
 THREAD_TYPES = frozenset({10, PUBLIC_THREAD, PRIVATE_THREAD})
@@ -226,6 +227,8 @@ class FakeChannel:
     position: int = 0
     owner_id: int | None = None
     recipient_id: int | None = None
+    recipient_ids: list[int] = field(default_factory=list)
+    """A group DM's members (the bot is never one: it is reached through user installs)."""
     auto_archive_duration: int = 1440
     archived: bool = False
     created_at: datetime = field(default_factory=utcnow)

@@ -20,6 +20,7 @@ from .gateway import GatewayHub
 from .models import (
     DEFAULT_BOT_PERMISSIONS,
     DM,
+    GROUP_DM,
     MANAGE_GUILD,
     DiscordError,
     FailureRule,
@@ -237,6 +238,11 @@ class FakeDiscord:
         """The DM channel between the bot and a user."""
         return self.world.dm_channel(user_id).id
 
+    def add_group_dm(self, user_ids: list[int], name: str = "friends") -> int:
+        """A group DM of these users; the bot is not in it (use ``invoke_command`` there: a
+        member's own install, context 2)."""
+        return self.world.add_group_dm(user_ids, name).id
+
     def close_dms(self, user_id: int, closed: bool = True) -> None:
         """The user no longer accepts DMs from the bot: its messages there get 403, code 50007
         ("Cannot send messages to this user"); opening the DM channel still works."""
@@ -383,9 +389,15 @@ class FakeDiscord:
         channel = self._interaction_channel(channel_id, guild_id, user_id)
         parts = name.split()
         command = self._find_command(parts[0], guild_id, kind=1)
-        if user_install or (guild_id is not None and not self.world.guild(guild_id).bot_member):
+        in_group_dm = channel.type == GROUP_DM
+        if (
+            user_install
+            or in_group_dm
+            or (guild_id is not None and not self.world.guild(guild_id).bot_member)
+        ):
             user_install = True
-            _check_user_installable(command, context=0 if guild_id is not None else 1)
+            context = 0 if guild_id is not None else 2 if in_group_dm else 1
+            _check_user_installable(command, context=context)
         option_payload, resolved = self._build_options(
             command, parts[1:], dict(options or {}), channel, user_id
         )
@@ -856,10 +868,12 @@ class FakeDiscord:
         if user_id not in self.world.users:
             raise LookupError(f"the fake has no user {user_id} (use add_user)")
         if guild_id is None:
-            if channel.type != DM or channel.recipient_id != user_id:
+            in_dm = channel.type == DM and channel.recipient_id == user_id
+            in_group = channel.type == GROUP_DM and user_id in channel.recipient_ids
+            if not (in_dm or in_group):
                 raise ValueError(
                     f"without a guild, channel_id must be the DM channel of user {user_id} "
-                    "(use add_dm_channel)"
+                    "(use add_dm_channel) or a group DM they are in (add_group_dm)"
                 )
         else:
             if channel.guild_id != guild_id:
@@ -909,12 +923,15 @@ class FakeDiscord:
                 context=0,
             )
         else:
+            in_group_dm = channel.type == GROUP_DM
             payload.update(
                 user=world.user_payload(world.user(user_id)),
                 authorizing_integration_owners=(
-                    _integration_owners(None, user_id) if user_install else {"0": "0"}
+                    _integration_owners(None, user_id)
+                    if user_install or in_group_dm
+                    else {"0": "0"}
                 ),
-                context=1,
+                context=2 if in_group_dm else 1,
             )
         return payload
 

@@ -19,6 +19,7 @@ from .models import (
     DM_UPLOAD_LIMIT,
     EMBED_LINKS,
     FLAG_HAS_THREAD,
+    GROUP_DM,
     GUILD_TEXT,
     MEMBER_PERMISSIONS,
     PUBLIC_THREAD,
@@ -335,6 +336,12 @@ class World:
         guild = self.guilds.get(guild_id)
         return guild is not None and guild.bot_member
 
+    def bot_in_channel(self, event_data: dict[str, Any]) -> bool:
+        """Whether an event's channel (if it names one) is one the bot is in: not a group DM."""
+        raw = event_data.get("channel_id")
+        channel = self.channels.get(int(raw)) if raw is not None else None
+        return channel is None or channel.type != GROUP_DM
+
     def ensure_member(self, guild_id: int, user_id: int) -> None:
         """Make the user a guild member."""
         guild = self.guild(guild_id)
@@ -470,6 +477,21 @@ class World:
         self.channels[channel.id] = channel
         return channel
 
+    def add_group_dm(self, user_ids: list[int], name: str) -> FakeChannel:
+        """A group DM of users, without the bot (it has no access; only user installs work)."""
+        for user_id in user_ids:
+            self.user(user_id)
+        channel = FakeChannel(
+            id=self.snowflakes.next(),
+            type=GROUP_DM,
+            name=name,
+            owner_id=user_ids[0],
+            recipient_ids=list(user_ids),
+            bot_permissions=0,
+        )
+        self.channels[channel.id] = channel
+        return channel
+
     def store_attachment(
         self,
         data: bytes,
@@ -591,6 +613,17 @@ class World:
                 "type": DM,
                 "last_message_id": self._last_message_id(channel),
                 "recipients": [self.user_payload(recipient)],
+                "flags": 0,
+            }
+        if channel.type == GROUP_DM:
+            return {
+                "id": str(channel.id),
+                "type": GROUP_DM,
+                "name": channel.name,
+                "icon": None,
+                "owner_id": str(channel.owner_id),
+                "last_message_id": self._last_message_id(channel),
+                "recipients": [self.user_payload(self.user(u)) for u in channel.recipient_ids],
                 "flags": 0,
             }
         overwrites = []
