@@ -232,3 +232,34 @@ async def test_in_a_group_dm_the_video_comes_through_the_interaction(
     assert job.guild_id is None and job.channel_id == group
     assert env.discord.requests("POST", r"^/api/v10/channels/") == []
     assert bot.error_messages() == []
+
+
+async def test_a_costly_request_elsewhere_is_confirmed_and_answered_through_the_interaction(
+    env: Env,  # noqa: F811
+    elsewhere: tuple[int, int],
+) -> None:
+    async with started(env, DEV_GUILD_ID="", CONFIRM_ABOVE_USD="1") as run:
+        env.provider.script_next_job(["queued", "generating", "completed"], video=VIDEO)
+        interaction = await animate_elsewhere(env, elsewhere)
+
+        def asked() -> bool:
+            return any(m.components for m in interaction.responses())
+
+        await env.discord.wait_for(asked, timeout=15)
+        [prompt] = [m for m in interaction.responses() if m.components]
+        assert prompt.ephemeral and "/show" in prompt.content  # said before anything starts
+        [generate] = [
+            item["custom_id"]
+            for row in prompt.components
+            for item in row.get("components", [])
+            if item.get("label") == "Generate"
+        ]
+        await env.discord.invoke_component(prompt.id, generate, user_id=env.user_id)
+        await env.discord.wait_for(lambda: "Started" in env.discord.message(prompt.id).content)
+        assert f"/show {(await only_job(run, env)).id}" in env.discord.message(prompt.id).content
+        status = status_of(interaction)
+        assert not status.ephemeral
+        await env.discord.wait_for(lambda: len(videos(interaction.followups())) == 1, timeout=20)
+        await finished_job(run=run, env=env)
+        assert env.discord.requests("POST", r"^/api/v10/channels/") == []
+        assert run.error_messages() == []
