@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from bot.catalog import CATALOG, ModelSpec
+from bot.catalog import ModelSpec
 from bot.config import Settings
 from bot.errors import InputRejected, ProviderCreditsError, ProviderError
 from bot.guild_settings import GuildConfig, GuildSettings, ServerPaused
 from bot.jobs import Job
-from bot.model_health import ModelHealth, ModelUnavailable, rejects_model
+from bot.model_health import ModelHealth, ModelUnavailable, rejects_model, working_labels
 from bot.service import AnimateRequest, Clock, Conversation, JobService, check_end_frame
 from bot.spending import LimitStatus, Spending, format_usd
 
@@ -66,8 +66,9 @@ class Quote:
         return ("Left: " + "; ".join(parts) + " (days and months in UTC).") if parts else ""
 
 
-# Called once when submissions become paused for lack of credits (to tell the servers).
-CreditsNotice = Callable[[str], Awaitable[None]]
+# Tells every server with a log channel about a bot-wide event (credits out, a model gone); called
+# once per event, by the process that noticed it first.
+ServerNotice = Callable[[str], Awaitable[None]]
 
 
 class Admission:
@@ -79,7 +80,7 @@ class Admission:
         spending: Spending,
         guild_settings: GuildSettings,
         clock: Clock,
-        on_credits_exhausted: CreditsNotice | None = None,
+        notify_servers: ServerNotice | None = None,
         models: ModelHealth | None = None,
     ) -> None:
         self.settings = settings
@@ -87,7 +88,7 @@ class Admission:
         self.spending = spending
         self.guild_settings = guild_settings
         self.clock = clock
-        self.on_credits_exhausted = on_credits_exhausted
+        self.notify_servers = notify_servers
         # Models the provider lately refused; the notice goes to the same place as credits.
         self.models = models
 
@@ -187,18 +188,14 @@ class Admission:
         """The provider refused the model itself: off for a while; servers told once."""
         now = self.clock.now()
         newly = await models.mark_unavailable(quote.spec.id, now=now)
-        off = await models.unavailable(now=now)
-        working = [spec.label for spec in CATALOG.values() if spec.id not in off]
-        if newly and self.on_credits_exhausted is not None:
-            try:
-                await self.on_credits_exhausted(
-                    f"⚠️ The video service refused {quote.spec.label}: it is off for new videos "
-                    "for an hour. Videos already being made are not affected. Models that work: "
-                    + (", ".join(working) or "none right now")
-                    + "."
-                )
-            except Exception:
-                log.warning("could not announce an unavailable model", exc_info=True)
+        working = working_labels(await models.unavailable(now=now))
+        if newly:
+            await self._notify(
+                f"⚠️ The video service refused {quote.spec.label}: it is off for new videos "
+                "for an hour. Videos already being made are not affected. Models that work: "
+                + (", ".join(working) or "none right now")
+                + "."
+            )
         return ModelUnavailable(quote.spec.label, working)
 
     async def _release(self, reservation_id: int, note: str) -> None:
@@ -227,15 +224,20 @@ class Admission:
         until = now + timedelta(seconds=CREDITS_PAUSE_SECONDS)
         started = await self.spending.pause_submissions(until, now=now)
         log.error("provider account out of credits; new submissions paused until %s", until)
-        if started and self.on_credits_exhausted is not None:
-            try:
-                await self.on_credits_exhausted(
-                    "⚠️ The bot's video service account is out of credits: new videos are paused "
-                    f"for {CREDITS_PAUSE_SECONDS // 60} minutes. Videos already being made will "
-                    "still arrive."
-                )
-            except Exception:
-                log.warning("could not announce the out-of-credits pause", exc_info=True)
+        if started:
+            await self._notify(
+                "⚠️ The bot's video service account is out of credits: new videos are paused "
+                f"for {CREDITS_PAUSE_SECONDS // 60} minutes. Videos already being made will "
+                "still arrive."
+            )
+
+    async def _notify(self, text: str) -> None:
+        if self.notify_servers is None:
+            return
+        try:
+            await self.notify_servers(text)
+        except Exception:
+            log.warning("could not tell the servers: %s", text.splitlines()[0], exc_info=True)
 
     async def settle_finished(self) -> int:
         """Settle or refund the reservations of jobs that ended (each background pass)."""

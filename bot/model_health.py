@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 from datetime import datetime, timedelta
 
 from bot.catalog import CATALOG
@@ -94,12 +95,16 @@ class ModelHealth:
         off = await self.unavailable(now=now)
         if model in off:
             spec = CATALOG.get(model)
-            working = [s.label for s in CATALOG.values() if s.id not in off]
-            raise ModelUnavailable(spec.label if spec else model, working)
+            raise ModelUnavailable(spec.label if spec else model, working_labels(off))
 
     async def _until(self, model: str, now: datetime) -> datetime | None:
         until = _parse(await self.store.get_meta(KEY_PREFIX + model))
         return until if until is not None and until > now else None
+
+
+def working_labels(off: Collection[str]) -> list[str]:
+    """The catalogue's models that are not off, by label."""
+    return [spec.label for spec in CATALOG.values() if spec.id not in off]
 
 
 def _parse(value: str | None) -> datetime | None:

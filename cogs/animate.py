@@ -108,7 +108,7 @@ class Animate(commands.Cog):
                 spending=self.bot.spending,
                 guild_settings=self.bot.guild_settings,
                 clock=self.bot.service.clock,
-                on_credits_exhausted=self._announce_credits,
+                notify_servers=self._announce_credits,
                 models=ModelHealth(self.bot.store),
             )
         return self._admission

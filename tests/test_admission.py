@@ -79,7 +79,7 @@ async def _worker(
         spending=Spending(store.engine, defaults),
         guild_settings=GuildSettings(store.engine, defaults),
         clock=clock,
-        on_credits_exhausted=notices.append_async,
+        notify_servers=notices.append_async,
         models=ModelHealth(store),
     )
     return Worker(store, admission, clock)
