@@ -10,6 +10,7 @@ who pressed.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import re
 import tempfile
@@ -53,6 +54,21 @@ async def _say(interaction: discord.Interaction[AnimateBot], text: str) -> None:
         await interaction.followup.send(text, ephemeral=True)
     else:
         await interaction.response.send_message(text, ephemeral=True)
+
+
+async def _managed_job(
+    interaction: discord.Interaction[AnimateBot], job_id: int, verb: str
+) -> Job | None:
+    """The job, if the presser may `verb` it (requester or Manage Messages); else says no."""
+    job = await interaction.client.store.get(job_id)
+    if job is None or not _may_manage(interaction, job):
+        await _say(
+            interaction,
+            "Only the member who asked for this video, or someone who can manage messages "
+            f"here, can {verb} it.",
+        )
+        return None
+    return job
 
 
 def _may_manage(interaction: discord.Interaction[AnimateBot], job: Job) -> bool:
@@ -157,14 +173,10 @@ class AgainButton(_JobButton, template=r"animate:again:(?P<job>[0-9]+)"):
             await _start_like(interaction, job)
 
 
-class TryAgainButton(_JobButton, template=r"animate:retry:(?P<job>[0-9]+)"):
-    action, label, emoji = "retry", "Try again", "🔁"
+class TryAgainButton(AgainButton, template=r"animate:retry:(?P<job>[0-9]+)"):
+    """Again, on a failure message."""
 
-    async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        job = await _job_or_explain(interaction, self.job_id)
-        if job is not None:
-            await _start_like(interaction, job)
+    action, label, emoji = "retry", "Try again", "🔁"
 
 
 class PromptModal(discord.ui.Modal):
@@ -335,13 +347,8 @@ class DeleteButton(_JobButton, template=r"animate:delete:(?P<job>[0-9]+)"):
     style = discord.ButtonStyle.danger
 
     async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
-        job = await interaction.client.store.get(self.job_id)
-        if job is None or not _may_manage(interaction, job):
-            await _say(
-                interaction,
-                "Only the member who asked for this video, or someone who can manage messages "
-                "here, can delete it.",
-            )
+        job = await _managed_job(interaction, self.job_id, "delete")
+        if job is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         if interaction.message is not None:
@@ -359,13 +366,8 @@ class CancelButton(_JobButton, template=r"animate:cancel:(?P<job>[0-9]+)"):
     action, label, emoji = "cancel", "Cancel", "✖️"
 
     async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
-        job = await interaction.client.store.get(self.job_id)
-        if job is None or not _may_manage(interaction, job):
-            await _say(
-                interaction,
-                "Only the member who asked for this video, or someone who can manage messages "
-                "here, can cancel it.",
-            )
+        job = await _managed_job(interaction, self.job_id, "cancel")
+        if job is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         service = interaction.client.service
@@ -526,7 +528,7 @@ class Results(commands.Cog):
         if found.outcome == Outcome.VIDEO:
             video = await fetch_result_video(self.bot, found)
             if video is not None:
-                file = discord.File(_bytes_io(video), filename=f"animate-{found.id}.mp4")
+                file = discord.File(io.BytesIO(video), filename=f"animate-{found.id}.mp4")
                 await channel.send(
                     f"Job {found.id}, shown by <@{interaction.user.id}>",
                     embed=embed,
@@ -603,12 +605,6 @@ def _is_image(attachment: discord.Attachment) -> bool:
     if content_type.startswith("image/"):
         return True
     return attachment.filename.lower().endswith(_IMAGE_SUFFIXES)
-
-
-def _bytes_io(data: bytes) -> Any:
-    import io
-
-    return io.BytesIO(data)
 
 
 async def setup(bot: AnimateBot) -> None:
