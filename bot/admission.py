@@ -117,6 +117,8 @@ class Admission:
         check_end_frame(spec, has_end_image=has_end_image)
         if self.models is not None:
             await self.models.check(spec.id, now=self.clock.now())
+        # Early and cheap; the reservation checks it again atomically.
+        await self.service.check_quota(requester.user_id, config.max_active.value)
         estimate = self.spending.estimate(spec, duration, resolution)
         limits = await self.spending.limits(
             requester_id=requester.user_id,
@@ -158,7 +160,11 @@ class Admission:
             resolution=quote.resolution,
         )
         request = dataclasses.replace(
-            request, model=quote.spec.id, duration=quote.duration, resolution=quote.resolution
+            request,
+            model=quote.spec.id,
+            duration=quote.duration,
+            resolution=quote.resolution,
+            max_active=config.max_active.value,  # a server's own limit, not the bot's default
         )
         try:
             prepared = await self.service.prepare(request)

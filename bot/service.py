@@ -155,6 +155,9 @@ class AnimateRequest:
     """Extend: the job whose last frame is `image`."""
     chain_length: int = 1
     already_fitted: bool = False
+    max_active: int | None = None
+    """The member's unfinished-videos limit in force where they asked (a server may set its
+    own; 0: none); None: MAX_ACTIVE_JOBS_PER_USER."""
     end_image: bytes | None = None
     """An end frame, for models that take a last frame; fitted like the first."""
     answer_through: InteractionAnswer | None = None
@@ -389,10 +392,15 @@ class JobService:
         spec.check(prompt=prompt, duration=duration, resolution=resolution)
         return spec, duration, resolution
 
-    async def check_quota(self, requester_id: int) -> None:
-        active = await self.store.count_active(requester_id)
-        if active >= self.settings.max_active_jobs_per_user:
-            raise TooManyActiveJobs(self.settings.max_active_jobs_per_user)
+    def _active_limit(self, limit: int | None) -> int:
+        """The unfinished-videos limit: the one in force here, else MAX_ACTIVE_JOBS_PER_USER."""
+        return self.settings.max_active_jobs_per_user if limit is None else limit
+
+    async def check_quota(self, requester_id: int, limit: int | None = None) -> None:
+        """Refuse a member already at their unfinished-videos limit (0: no limit)."""
+        limit = self._active_limit(limit)
+        if limit > 0 and await self.store.count_active(requester_id) >= limit:
+            raise TooManyActiveJobs(limit)
 
     async def prepare(self, request: AnimateRequest) -> PreparedRequest:
         """Validate everything and fit the image (in a thread). Spends nothing."""
@@ -402,7 +410,7 @@ class JobService:
             resolution=request.resolution,
             prompt=request.prompt,
         )
-        await self.check_quota(request.requester_id)
+        await self.check_quota(request.requester_id, request.max_active)
         check_end_frame(spec, has_end_image=request.end_image is not None)
         preset = spec.preset(resolution)
         if request.already_fitted:
@@ -499,9 +507,10 @@ class JobService:
         )
         # Checked again now that the job counts: two requests racing past check_quota must not
         # both get through. Both may be refused; neither is charged.
-        if await self.store.count_active(req.requester_id) > self.settings.max_active_jobs_per_user:
+        limit = self._active_limit(req.max_active)
+        if limit > 0 and await self.store.count_active(req.requester_id) > limit:
             await self.abandon(job, "too many videos in progress")
-            raise TooManyActiveJobs(self.settings.max_active_jobs_per_user)
+            raise TooManyActiveJobs(limit)
         return job
 
     async def abandon(self, job: Job, reason: str) -> None:

@@ -292,7 +292,6 @@ class Animate(commands.Cog):
             resolution=resolution,
             has_end_image=params.end_image is not None,
         )
-        await self.service.check_quota(interaction.user.id)
         if not quote.needs_confirmation:
             text = await self._admit(interaction, requester, quote, params)
             if _answers_through_interaction(interaction):

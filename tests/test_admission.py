@@ -16,7 +16,7 @@ import pytest
 
 from bot.admission import Admission, Requester
 from bot.config import Settings
-from bot.errors import ProviderServerError, ProviderValidationError
+from bot.errors import ProviderServerError, ProviderValidationError, TooManyActiveJobs
 from bot.guild_settings import BotDefaults, GuildSettings
 from bot.jobs import Job
 from bot.model_health import ModelHealth, ModelUnavailable, rejects_model
@@ -250,3 +250,20 @@ def test_which_provider_errors_mean_the_model_is_gone() -> None:
     prompt = ProviderValidationError("Body validation error!\nprompt: Required", status=400)
     assert rejects_model(gone) and rejects_model(maintenance)
     assert not rejects_model(busy) and not rejects_model(prompt)
+
+
+async def test_a_servers_own_unfinished_video_limit_wins_over_the_bot_default(
+    store_url: str, provider: FakeProvider
+) -> None:
+    settings = settings_for(provider, MEMBER_DAILY_USD="0", MAX_ACTIVE_JOBS_PER_USER="1")
+    async with aiohttp.ClientSession() as session:
+        worker = await _worker(store_url, settings, provider, session)
+        try:
+            await worker.admission.guild_settings.update(
+                GUILD, {"max_active": 3}, actor_id=1, now=worker.clock.now()
+            )
+            results = [await _request_once(worker) for _ in range(4)]
+        finally:
+            await worker.close()
+    assert [isinstance(r, Job) for r in results] == [True, True, True, False]
+    assert isinstance(results[3], TooManyActiveJobs) and "3 videos" in str(results[3])
