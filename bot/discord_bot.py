@@ -29,6 +29,7 @@ from bot.provider import ProviderClient
 from bot.service import Clock, JobService
 from bot.spending import Spending
 from bot.store import JobStore
+from cogs.language import CatalogTranslator
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,8 @@ class AnimateBot(commands.Bot):
         self.spending = Spending(
             self.store.engine, defaults, model_prices=self.settings.model_prices
         )
+        # Command names, descriptions and choices in the members' languages (bot/locales).
+        await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.start_metrics_server()
@@ -173,7 +176,7 @@ class AnimateBot(commands.Bot):
             log.info("synced %d command(s) to the dev guild %s", len(synced), guild.id)
             if not force:
                 return
-        fingerprint = self.commands_fingerprint()
+        fingerprint = await self.commands_fingerprint()
         if not force and await self.store.get_meta(COMMANDS_FINGERPRINT_KEY) == fingerprint:
             log.info("global commands unchanged since the last sync; not syncing")
             return
@@ -181,11 +184,17 @@ class AnimateBot(commands.Bot):
         await self.store.set_meta(COMMANDS_FINGERPRINT_KEY, fingerprint)
         log.info("synced %d global command(s)", len(synced))
 
-    def commands_fingerprint(self) -> str:
-        payload = sorted(
-            (command.to_dict(self.tree) for command in self.tree.get_commands()),
-            key=lambda c: str(c.get("name")),
-        )
+    async def commands_fingerprint(self) -> str:
+        """What a sync would send, translations included (a new translation is a change)."""
+        translator = self.tree.translator
+        commands_ = self.tree.get_commands()
+        if translator is None:
+            dicts = [command.to_dict(self.tree) for command in commands_]
+        else:
+            dicts = [
+                await command.get_translated_payload(self.tree, translator) for command in commands_
+            ]
+        payload = sorted(dicts, key=lambda c: str(c.get("name")))
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     async def close(self) -> None:

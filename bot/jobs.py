@@ -68,6 +68,8 @@ class NewJob:
     """A credential (answers through the interaction's webhook): never logged nor shown."""
     interaction_expires_at: datetime | None = None
     origin_guild_id: int | None = None
+    member_language: str | None = None
+    public_language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,16 @@ class Job:
     origin_guild_id: int | None = None
     """The server a user-install job was asked in when the bot is not a member there. Only for
     the link back to it: `guild_id` stays None, so only member and bot limits apply."""
+    member_language: str | None = None
+    """The requester's language (bot/i18n.py catalogue name): private words and DMs."""
+    public_language: str | None = None
+    """The language of public messages where the job was asked (the server's preferred one)."""
+
+    def language_for_delivery(self) -> str:
+        """Who reads what is posted: the requester alone in a DM, everyone in a channel."""
+        if self.delivery_target == "dm" or (self.guild_id is None and self.origin_guild_id is None):
+            return self.member_language or "en"
+        return self.public_language or self.member_language or "en"
 
     @property
     def delivery_channel_id(self) -> int:

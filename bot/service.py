@@ -155,6 +155,8 @@ class AnimateRequest:
     """Extend: the job whose last frame is `image`."""
     chain_length: int = 1
     already_fitted: bool = False
+    """`image` is a frame this bot fitted before (Again, Edit prompt): used as it is when it
+    already has the preset's size, so repeated Agains never lose quality to re-encoding."""
     max_active: int | None = None
     """The member's unfinished-videos limit in force where they asked (a server may set its
     own; 0: none); None: MAX_ACTIVE_JOBS_PER_USER."""
@@ -163,8 +165,10 @@ class AnimateRequest:
     answer_through: InteractionAnswer | None = None
     """Set when the bot cannot post where the command was used (a user install): results go
     through the interaction's follow-ups while its token lives, then by DM."""
-    """`image` is a frame this bot fitted before (Again, Edit prompt): used as it is when it
-    already has the preset's size, so repeated Agains never lose quality to re-encoding."""
+    member_language: str | None = None
+    """The requester's language (bot/i18n.py), for private words and DMs about the job."""
+    public_language: str | None = None
+    """The language of public messages where the command was used (the server's preferred)."""
 
 
 @dataclass(frozen=True)
@@ -494,6 +498,8 @@ class JobService:
                 parent_job_id=req.parent_job_id,
                 chain_length=req.chain_length,
                 end_image_data=prepared.end_image.jpeg if prepared.end_image else None,
+                member_language=req.member_language,
+                public_language=req.public_language,
                 **_answer_fields(req.answer_through),
             ),
             now=now,

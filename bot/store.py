@@ -171,6 +171,8 @@ jobs = sa.Table(
     sa.Column("interaction_token", sa.Text(), nullable=True),
     sa.Column("interaction_expires_at", UTCDateTime(), nullable=True),
     sa.Column("origin_guild_id", sa.BigInteger(), nullable=True),
+    sa.Column("member_language", sa.Text(), nullable=True),
+    sa.Column("public_language", sa.Text(), nullable=True),
     # The loop's hot queries: due polls by time, and the per-user quota.
     sa.Index("ix_jobs_state_next_poll_at", "state", "next_poll_at"),
     sa.Index("ix_jobs_requester_id_state", "requester_id", "state"),

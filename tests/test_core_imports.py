@@ -14,6 +14,7 @@ CORE_MODULES = [
     "bot.provider",
     "bot.store",
     "bot.service",
+    "bot.i18n",
 ]
 
 
