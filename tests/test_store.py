@@ -475,6 +475,8 @@ async def test_upgrade_in_place_keeps_old_rows(
         "interaction_token",
         "interaction_expires_at",
         "origin_guild_id",
+        "member_language",
+        "public_language",
     ):
         del old[later]
     engine = create_store_engine(store_url)
