@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 # Discord's rule for slash-command and option names (context-menu names are free text).
 _NAME_RULE = re.compile(r"^[-_'\w]{1,32}$")
+# Discord's limit for descriptions and choice names.
+_TEXT_LIMIT = 100
 _NAME_LOCATIONS = frozenset(
     {
         app_commands.TranslationContextLocation.command_name,
@@ -86,4 +88,7 @@ class CatalogTranslator(app_commands.Translator):
                 log.warning("translated name %r (%s) breaks Discord's rules", name, language)
                 return None
             return name
+        if len(translated) > _TEXT_LIMIT:
+            log.warning("translated text %r (%s) is over Discord's limit", string.message, language)
+            return None
         return translated
