@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bot.catalog import CATALOG
 from bot.config import Settings
+from bot.i18n import Message
 from bot.jobs import Job
 from bot.provider import DownloadedVideo, ProviderClient
 from bot.service import AnimateRequest, JobService, PollSchedule
@@ -128,14 +129,19 @@ class TimedDelivery:
         return job.id
 
     async def post_video(
-        self, job: Job, video: DownloadedVideo, *, note: str | None = None, link: str | None = None
+        self,
+        job: Job,
+        video: DownloadedVideo,
+        *,
+        note: Message | None = None,
+        link: str | None = None,
     ) -> int:
         return self._delivered(job)
 
-    async def post_link(self, job: Job, url: str, reason: str) -> int:
+    async def post_link(self, job: Job, url: str, reason: Message) -> int:
         return self._delivered(job)
 
-    async def post_failure(self, job: Job, reason: str) -> int:
+    async def post_failure(self, job: Job, reason: Message) -> int:
         raise AssertionError(f"job {job.id} failed: {reason}")
 
 

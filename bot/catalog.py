@@ -14,6 +14,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from bot.errors import InputRejected
+from bot.i18n import Message, _t
 
 Orientation = Literal["landscape", "portrait"]
 ORIENTATIONS: tuple[Orientation, ...] = ("landscape", "portrait")
@@ -67,8 +68,12 @@ class ModelSpec:
             return self.resolutions[resolution]
         except KeyError:
             raise InputRejected(
-                f"{self.label} does not offer {resolution}; "
-                f"choose {_or_list(list(self.resolutions))}."
+                _t(
+                    "{model} does not offer {resolution}; choose {choices}.",
+                    model=self.label,
+                    resolution=resolution,
+                    choices=_or_list(list(self.resolutions)),
+                )
             ) from None
 
     def check(self, *, prompt: str, duration: int, resolution: str) -> None:
@@ -76,15 +81,23 @@ class ModelSpec:
         self.preset(resolution)
         if duration not in self.durations:
             raise InputRejected(
-                f"{self.label} makes videos of {_or_list([str(d) for d in self.durations])} "
-                f"seconds, not {duration}."
+                _t(
+                    "{model} makes videos of {choices} seconds, not {duration}.",
+                    model=self.label,
+                    choices=_or_list([str(d) for d in self.durations]),
+                    duration=duration,
+                )
             )
         if not prompt.strip():
-            raise InputRejected("Please describe the motion you want in the prompt.")
+            raise InputRejected(_t("Please describe the motion you want in the prompt."))
         if self.prompt_max_length is not None and len(prompt) > self.prompt_max_length:
             raise InputRejected(
-                f"The prompt is {len(prompt)} characters; {self.label} accepts at most "
-                f"{self.prompt_max_length}."
+                _t(
+                    "The prompt is {length} characters; {model} accepts at most {limit}.",
+                    length=len(prompt),
+                    model=self.label,
+                    limit=self.prompt_max_length,
+                )
             )
 
     def build_request(
@@ -102,7 +115,7 @@ class ModelSpec:
         body: dict[str, Any] = {"model": self.id, "prompt": prompt, self.image_field: image_url}
         if last_image_url is not None:
             if self.last_image_field is None:
-                raise InputRejected(f"{self.label} does not take an end frame.")
+                raise InputRejected(_t("{model} does not take an end frame.", model=self.label))
             body[self.last_image_field] = last_image_url
         body[self.duration_field] = self.duration_type(duration)
         if self.resolution_field is not None:
@@ -117,8 +130,10 @@ class ModelSpec:
         return round(self.usd_per_second[resolution] * duration, 2)
 
 
-def _or_list(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " or " + items[-1]
+def _or_list(items: list[str]) -> Message:
+    if len(items) == 1:
+        return items[0]
+    return _t("{others} or {last}", others=", ".join(items[:-1]), last=items[-1])
 
 
 _SORA_720 = _preset(1280, 720)

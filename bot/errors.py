@@ -1,12 +1,15 @@
 """Domain errors, and the one place that turns them into words for users.
 
-Core code raises these with data attached; `user_message()` renders them. Nothing here (or in any
+Core code raises these with data attached; `user_message()` turns them into a translatable
+`Message` (rendered in the reader's language by the Discord layer). Nothing here (or in any
 error text) may contain a secret: provider messages are shown to users, our keys never are.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from bot.i18n import Message, _t, _tn
 
 
 class BotError(Exception):
@@ -30,15 +33,15 @@ class ConfigError(BotError):
 class InputRejected(BotError):
     """The user's request cannot be accepted as it is; nothing was submitted."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Message) -> None:
         self.reason = reason
-        super().__init__(reason)
+        super().__init__(str(reason))  # English, for logs
 
 
 class ImageRejected(InputRejected):
     """The attachment is not an image we can use. `code` says which check failed."""
 
-    def __init__(self, code: str, reason: str) -> None:
+    def __init__(self, code: str, reason: Message) -> None:
         self.code = code
         super().__init__(reason)
 
@@ -47,7 +50,11 @@ class TooManyActiveJobs(InputRejected):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         super().__init__(
-            f"You already have {limit} videos in progress. Please wait for one to finish."
+            _tn(
+                "You already have {count} video in progress. Please wait for it to finish.",
+                "You already have {count} videos in progress. Please wait for one to finish.",
+                limit,
+            )
         )
 
 
@@ -55,12 +62,15 @@ class TooManyActiveJobs(InputRejected):
 
 
 class ProviderError(BotError):
-    """The AI/ML API refused or failed a request. `message` is the provider's own text."""
+    """The AI/ML API refused or failed a request. `message` is the provider's own text (or, where
+    the provider said nothing usable, ours); `detail` is the same as shown to members: our own
+    words stay translatable there, while `message` is their English (logs, pattern checks)."""
 
     retryable = False
 
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        self.message = message
+    def __init__(self, message: Message, *, status: int | None = None) -> None:
+        self.detail = message
+        self.message = str(message)
         self.status = status
         super().__init__(f"{type(self).__name__} (HTTP {status}): {message}")
 
@@ -102,10 +112,10 @@ class ProviderUnavailable(ProviderError):
 class GenerationFailed(BotError):
     """The job ran at the provider and ended without a video (status error/failed/unknown)."""
 
-    def __init__(self, reason: str, *, status: str | None = None) -> None:
+    def __init__(self, reason: Message, *, status: str | None = None) -> None:
         self.reason = reason
         self.status = status
-        super().__init__(reason)
+        super().__init__(str(reason))
 
 
 class JobTimedOut(BotError):
@@ -117,9 +127,9 @@ class JobTimedOut(BotError):
 class MediaUnreadable(BotError):
     """A video (or other media) the bot cannot read; `reason` is safe to show."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: Message) -> None:
         self.reason = reason
-        super().__init__(reason)
+        super().__init__(str(reason))
 
 
 class VideoTooLarge(BotError):
@@ -130,41 +140,47 @@ class VideoTooLarge(BotError):
         super().__init__(f"video larger than {limit} bytes")
 
 
-_SUPPORT_HINT = "Please try again later."
-
-
-def user_message(exc: BaseException) -> str:
+def user_message(exc: BaseException) -> Message:
     """Short, friendly words for a user. The only place error types become user-facing text."""
     if isinstance(exc, InputRejected):
         return exc.reason
     if isinstance(exc, ProviderValidationError):
-        return f"The video service did not accept this request: {_clip(exc.message)}"
+        return _t(
+            "The video service did not accept this request: {detail}", detail=_clip(exc.detail)
+        )
     if isinstance(exc, ProviderAuthError):
-        return "The bot's video service key is not working. A server admin needs to fix it."
+        return _t("The bot's video service key is not working. A server admin needs to fix it.")
     if isinstance(exc, ProviderCreditsError):
-        return (
+        return _t(
             "The bot's video service account is out of credits. A server admin needs to top it up."
         )
     if isinstance(exc, ProviderRateLimited):
-        return f"The video service is busy right now. {_SUPPORT_HINT}"
+        return _t("The video service is busy right now. Please try again later.")
     if isinstance(exc, ProviderTimeout):
-        return "The video service took too long and gave up on this video."
+        return _t("The video service took too long and gave up on this video.")
     if isinstance(exc, ProviderServerError | ProviderUnavailable):
-        return f"The video service is having trouble. {_SUPPORT_HINT}"
+        return _t("The video service is having trouble. Please try again later.")
     if isinstance(exc, ProviderError):
-        return f"The video service returned an error: {_clip(exc.message)}"
+        return _t("The video service returned an error: {detail}", detail=_clip(exc.detail))
     if isinstance(exc, GenerationFailed):
-        return f"The video could not be made: {_clip(exc.reason)}"
+        return _t("The video could not be made: {reason}", reason=_clip(exc.reason))
     if isinstance(exc, JobTimedOut):
         minutes = max(1, round(exc.waited_seconds / 60))
-        return f"No video arrived after {minutes} minutes, so the bot stopped waiting."
+        return _tn(
+            "No video arrived after {count} minute, so the bot stopped waiting.",
+            "No video arrived after {count} minutes, so the bot stopped waiting.",
+            minutes,
+        )
     if isinstance(exc, MediaUnreadable):
         return exc.reason
     if isinstance(exc, VideoTooLarge):
-        return "The finished video is too large for the bot to fetch."
-    return "Something went wrong on our side. Sorry! The error has been logged."
+        return _t("The finished video is too large for the bot to fetch.")
+    return _t("Something went wrong on our side. Sorry! The error has been logged.")
 
 
-def _clip(text: str, limit: int = 300) -> str:
+def _clip(text: Message, limit: int = 300) -> Message:
+    """The provider's own words, on one line and not too long; our messages are short already."""
+    if not isinstance(text, str):
+        return text
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -51,6 +51,7 @@ from PIL import (
 
 from bot.catalog import Orientation, Preset
 from bot.errors import ImageRejected
+from bot.i18n import Message, Number, Text, _t
 
 try:
     # HEIC/HEIF (iPhone photos) through libheif. Registering the opener is Pillow's global
@@ -76,8 +77,10 @@ _FORMAT_NAMES = {"WEBP": "WebP", "PSD": "Photoshop (PSD)"}
 _PILLOW_FORMATS = {"HEIC": "HEIF"}
 
 
-def _or_list(names: list[str]) -> str:
-    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+def _or_list(names: list[str]) -> Message:
+    if len(names) < 2:
+        return names[0]
+    return _t("{others} or {last}", others=", ".join(names[:-1]), last=names[-1])
 
 
 _FORMATS_TEXT = _or_list([_FORMAT_NAMES.get(f, f) for f in _FORMAT_ORDER if f in SUPPORTED_FORMATS])
@@ -260,9 +263,9 @@ class _Header:
     """(width, height), or None where only Pillow's parser can find it."""
     bytes_per_pixel: float
     """Decoded bytes per pixel while loading: Pillow's mode plus the decoder's own canvases."""
-    kind: str
+    kind: Message
     """How a refusal names this kind of file: "PNG", "16-bit PNG", "progressive JPEG", ..."""
-    unsupported: str | None = None
+    unsupported: Message | None = None
     """A valid variant of the format that Pillow cannot decode, e.g. "JPEG compression"."""
     jpeg: _JpegFrame | None = None
 
@@ -280,13 +283,13 @@ _JPEG_HIERARCHICAL = frozenset({0xC5, 0xC6, 0xC7, 0xCD, 0xCE, 0xCF})
 _JPEG_PROGRESSIVE = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 # Valid BMP variants Pillow has no decoder for (other values mean a broken header).
 _BMP_UNSUPPORTED_DEPTHS = frozenset({0, 2, 64})
-_BMP_UNSUPPORTED_COMPRESSION = {
-    4: "JPEG compression",
-    5: "PNG compression",
-    6: "alpha bit fields",
-    11: "CMYK colours",
-    12: "CMYK colours",
-    13: "CMYK colours",
+_BMP_UNSUPPORTED_COMPRESSION: dict[int, Message] = {
+    4: _t("JPEG compression"),
+    5: _t("PNG compression"),
+    6: _t("alpha bit fields"),
+    11: _t("CMYK colours"),
+    12: _t("CMYK colours"),
+    13: _t("CMYK colours"),
 }
 _JPEG_UNSUPPORTED_PRECISION = frozenset({12, 16})
 
@@ -313,6 +316,10 @@ def _read_header(data: bytes, fmt: str) -> _Header:
     return _Header(None, 4, _FORMAT_NAMES.get(fmt, fmt))
 
 
+def _bits_kind(bits: int, fmt: str) -> Text:
+    return _t("{bits}-bit {format}", bits=bits, format=fmt)
+
+
 def _nonzero(w: int, h: int) -> tuple[int, int] | None:
     return (abs(w), abs(h)) if w and h else None
 
@@ -322,7 +329,7 @@ def _png_header(data: bytes) -> _Header:
         return _Header(None, 4, "PNG")
     w, h, depth, colour = struct.unpack(">IIBB", data[16:26])
     low, high = _PNG_BYTES.get(colour, (4, 4))
-    kind = "16-bit PNG" if depth == 16 else "PNG"
+    kind = _bits_kind(16, "PNG") if depth == 16 else "PNG"
     return _Header(_nonzero(w, h), high if depth == 16 else low, kind)
 
 
@@ -350,7 +357,7 @@ def _bmp_header(data: bytes) -> _Header:
         w, h, _planes, bits, compression = struct.unpack("<iiHHI", data[18:34])
     unsupported = _BMP_UNSUPPORTED_COMPRESSION.get(compression)
     if unsupported is None and bits in _BMP_UNSUPPORTED_DEPTHS:
-        unsupported = f"{bits} bits per pixel"
+        unsupported = _t("{bits} bits per pixel", bits=bits)
     return _Header(_nonzero(w, h), 1 if bits <= 8 else 4, "BMP", unsupported)
 
 
@@ -374,12 +381,12 @@ def _jpeg_header(data: bytes) -> _Header:
     frame = _jpeg_frame(data)
     if frame is None:
         return _Header(None, 4, "JPEG")
-    unsupported = None
+    unsupported: Message | None = None
     if frame.marker in _JPEG_HIERARCHICAL:
-        unsupported = "hierarchical coding"
+        unsupported = _t("hierarchical coding")
     elif frame.precision in _JPEG_UNSUPPORTED_PRECISION:
-        unsupported = f"{frame.precision}-bit samples"
-    kind = "progressive JPEG" if frame.marker in _JPEG_PROGRESSIVE else "JPEG"
+        unsupported = _t("{bits}-bit samples", bits=frame.precision)
+    kind: Message = _t("progressive JPEG") if frame.marker in _JPEG_PROGRESSIVE else "JPEG"
     per_pixel = 1 if frame.components == 1 else 4
     return _Header(frame.size, per_pixel, kind, unsupported, frame)
 
@@ -582,7 +589,7 @@ def _heif_header(data: bytes, fmt: str) -> _Header:
     else:
         # dav1d's picture stays while its RGB(A) (as a bytes object) is copied into Pillow's.
         per_pixel = planes + channels + 4 + _AVIF_MARGIN_BYTES_PER_PIXEL
-    kind = f"{image.bits}-bit {fmt}" if image.bits > 8 else fmt
+    kind = _bits_kind(image.bits, fmt) if image.bits > 8 else fmt
     size = image.size
     if size is not None and fmt == "HEIC" and image.quarter_turns % 2:
         size = (size[1], size[0])  # libheif turns the image upright: Pillow sees it turned
@@ -664,44 +671,64 @@ def estimate_decode_bytes(
 # --- user-facing reasons --------------------------------------------------------------------
 
 
-def _mb(n: int) -> str:
+def _mb(n: int) -> Text:
     value = math.ceil(n / (1024 * 1024) * 10) / 10  # round up: 20 MB + 1 byte is not "20.0 MB"
-    return f"{value:g} MB"
+    return _t("{size} MB", size=Number(value, 0 if value.is_integer() else 1))
 
 
-def _kb_or_mb(n: int) -> str:
-    return f"{math.ceil(n / 1024)} KB" if n < 1024 * 1024 else _mb(n)
+def _kb_or_mb(n: int) -> Text:
+    # Plain digits for KB (under 1025): "1024 KB" as before, not "1,024 KB".
+    return _t("{size} KB", size=math.ceil(n / 1024)) if n < 1024 * 1024 else _mb(n)
 
 
-def _megapixels(n: int) -> str:
+def _megapixels(n: int) -> Text:
     """Rounded up, so a count over a limit never prints as the limit itself: "49.0 MP"."""
-    return f"{math.ceil(n / 100_000) / 10:,.1f} MP"
+    return _t("{megapixels} MP", megapixels=Number(math.ceil(n / 100_000) / 10, 1))
 
 
-def _megapixels_down(n: float) -> str:
-    return f"{math.floor(n / 100_000) / 10:,.1f} MP"
+def _megapixels_down(n: float) -> Text:
+    return _t("{megapixels} MP", megapixels=Number(math.floor(n / 100_000) / 10, 1))
 
 
-def _with_article(noun: str) -> str:
-    """'a' or 'an' by how the word sounds: "an AVIF image", "a HEIC image", "an 8-bit ..."."""
-    vowel_sound = noun[:1].upper() in "AEIOU" or noun.startswith(("8", "11", "18"))
-    return ("an " if vowel_sound else "a ") + noun
+def _takes_an(noun: Message) -> bool:
+    """Whether English says "an" before it, by how it sounds: "an AVIF", "a HEIC", "an 8-bit"."""
+    english = str(noun)
+    return english[:1].upper() in "AEIOU" or english.startswith(("8", "11", "18"))
 
 
 def _not_image(data: bytes, fmt: str | None) -> ImageRejected:
     if not data:
         return ImageRejected(
-            "not_image", f"The file is empty (0 bytes). Please send a {_FORMATS_TEXT} image."
+            "not_image",
+            _t(
+                "The file is empty (0 bytes). Please send a {formats} image.",
+                formats=_FORMATS_TEXT,
+            ),
         )
-    what = (
-        f"{_with_article(_display(fmt))} image, which the bot can't use"
-        if fmt
-        else "not an image the bot can read"
-    )
-    return ImageRejected(
-        "not_image",
-        f"That file ({_kb_or_mb(len(data))}) is {what}. Please send a {_FORMATS_TEXT} image.",
-    )
+    size = _kb_or_mb(len(data))
+    if fmt is None:
+        reason = _t(
+            "That file ({size}) is not an image the bot can read. Please send a {formats} image.",
+            size=size,
+            formats=_FORMATS_TEXT,
+        )
+    elif _takes_an(_display(fmt)):
+        reason = _t(
+            "That file ({size}) is an {format} image, which the bot can't use. "
+            "Please send a {formats} image.",
+            size=size,
+            format=_display(fmt),
+            formats=_FORMATS_TEXT,
+        )
+    else:
+        reason = _t(
+            "That file ({size}) is a {format} image, which the bot can't use. "
+            "Please send a {formats} image.",
+            size=size,
+            format=_display(fmt),
+            formats=_FORMATS_TEXT,
+        )
+    return ImageRejected("not_image", reason)
 
 
 def _display(fmt: str) -> str:
@@ -711,19 +738,34 @@ def _display(fmt: str) -> str:
 def _corrupt(data: bytes, fmt: str) -> ImageRejected:
     return ImageRejected(
         "corrupt",
-        f"This {_display(fmt)} file ({_kb_or_mb(len(data))}) is damaged or incomplete, so it "
-        "can't be read. Try saving it again or sending the original.",
+        _t(
+            "This {format} file ({size}) is damaged or incomplete, so it can't be read. "
+            "Try saving it again or sending the original.",
+            format=_display(fmt),
+            size=_kb_or_mb(len(data)),
+        ),
     )
 
 
-def _unsupported(data: bytes, fmt: str, detail: str | None) -> ImageRejected:
+def _unsupported(data: bytes, fmt: str, detail: Message | None) -> ImageRejected:
     name = _display(fmt)
-    what = f" ({detail})" if detail else ""
-    return ImageRejected(
-        "unsupported_variant",
-        f"This {name} file ({_kb_or_mb(len(data))}) is a kind of {name} the bot can't "
-        f"read{what}. Please save it again as an ordinary JPEG or PNG and send that.",
-    )
+    size = _kb_or_mb(len(data))
+    if detail is None:
+        reason = _t(
+            "This {format} file ({size}) is a kind of {format} the bot can't read. "
+            "Please save it again as an ordinary JPEG or PNG and send that.",
+            format=name,
+            size=size,
+        )
+    else:
+        reason = _t(
+            "This {format} file ({size}) is a kind of {format} the bot can't read ({detail}). "
+            "Please save it again as an ordinary JPEG or PNG and send that.",
+            format=name,
+            size=size,
+            detail=detail,
+        )
+    return ImageRejected("unsupported_variant", reason)
 
 
 def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:
@@ -731,14 +773,25 @@ def _check_pixels(size: tuple[int, int], limits: ImageLimits) -> None:
     if w * h > limits.max_pixels:
         raise ImageRejected(
             "too_many_pixels",
-            f"The image is {w}×{h} pixels ({_megapixels(w * h)}); the limit is "
-            f"{_megapixels(limits.max_pixels)}. Please send a smaller version.",
+            _t(
+                "The image is {width}×{height} pixels ({megapixels}); the limit is {limit}. "
+                "Please send a smaller version.",
+                width=w,
+                height=h,
+                megapixels=_megapixels(w * h),
+                limit=_megapixels(limits.max_pixels),
+            ),
         )
     if min(w, h) < limits.min_side:
         raise ImageRejected(
             "too_small",
-            f"The image is only {w}×{h} pixels; it needs to be at least {limits.min_side} "
-            "pixels on its shorter side. Please send a larger version.",
+            _t(
+                "The image is only {width}×{height} pixels; it needs to be at least {min_side} "
+                "pixels on its shorter side. Please send a larger version.",
+                width=w,
+                height=h,
+                min_side=limits.min_side,
+            ),
         )
 
 
@@ -758,12 +811,29 @@ def _check_memory(
     fixed = _decode_bytes(header, (1, 1), preset, orientation, fit)
     per_pixel = max(1e-9, (need - fixed) / (w * h))
     room = max(0.0, (limits.max_decode_bytes - fixed) / per_pixel)
-    raise ImageRejected(
-        "too_many_pixels",
-        f"The image is {w}×{h} pixels ({_megapixels(w * h)}); {_with_article(header.kind)} "
-        "that large needs more memory than the bot can spend on one picture. Please send a "
-        f"smaller version (up to about {_megapixels_down(room)}) or a JPEG.",
-    )
+    if _takes_an(header.kind):
+        reason = _t(
+            "The image is {width}×{height} pixels ({megapixels}); an {kind} that large needs "
+            "more memory than the bot can spend on one picture. Please send a smaller version "
+            "(up to about {fitting}) or a JPEG.",
+            width=w,
+            height=h,
+            megapixels=_megapixels(w * h),
+            kind=header.kind,
+            fitting=_megapixels_down(room),
+        )
+    else:
+        reason = _t(
+            "The image is {width}×{height} pixels ({megapixels}); a {kind} that large needs "
+            "more memory than the bot can spend on one picture. Please send a smaller version "
+            "(up to about {fitting}) or a JPEG.",
+            width=w,
+            height=h,
+            megapixels=_megapixels(w * h),
+            kind=header.kind,
+            fitting=_megapixels_down(room),
+        )
+    raise ImageRejected("too_many_pixels", reason)
 
 
 # --- the pipeline ---------------------------------------------------------------------------
@@ -789,7 +859,12 @@ def _check(
     """Every refusal that needs no decoding, in the order a member would want to hear it."""
     if len(data) > limits.max_bytes:
         raise ImageRejected(
-            "too_large", f"The image is {_mb(len(data))}; the limit is {_mb(limits.max_bytes)}."
+            "too_large",
+            _t(
+                "The image is {size}; the limit is {limit}.",
+                size=_mb(len(data)),
+                limit=_mb(limits.max_bytes),
+            ),
         )
     fmt = detect_format(data)
     if fmt not in SUPPORTED_FORMATS:
@@ -835,8 +910,10 @@ def _prepare_checked(
         # set max_pixels above Pillow's limit.
         raise ImageRejected(
             "too_many_pixels",
-            "The image has too many pixels to open safely; please send one under "
-            f"{_megapixels(limits.max_pixels)}.",
+            _t(
+                "The image has too many pixels to open safely; please send one under {limit}.",
+                limit=_megapixels(limits.max_pixels),
+            ),
         ) from None
     except _DECODE_ERRORS as exc:
         # Pillow says "Unsupported ..." for valid variants it has no decoder for (a BMP

@@ -20,6 +20,7 @@ from bot.errors import (
     ProviderServerError,
     ProviderValidationError,
 )
+from bot.i18n import _t
 from bot.store import JobStore, require_aware
 
 log = logging.getLogger(__name__)
@@ -57,11 +58,20 @@ def rejects_model(exc: ProviderError) -> bool:
 class ModelUnavailable(InputRejected):
     def __init__(self, label: str, working: list[str]) -> None:
         self.label = label
-        choices = ", ".join(working) if working else "none right now, please try later"
-        super().__init__(
-            f"{label} is not available at the video service right now. Models that work: "
-            f"{choices}. Nothing was spent."
-        )
+        if working:
+            reason = _t(
+                "{model} is not available at the video service right now. Models that work: "
+                "{choices}. Nothing was spent.",
+                model=label,
+                choices=", ".join(working),
+            )
+        else:
+            reason = _t(
+                "{model} is not available at the video service right now. Models that work: "
+                "none right now, please try later. Nothing was spent.",
+                model=label,
+            )
+        super().__init__(reason)
 
 
 class ModelHealth:

@@ -69,6 +69,7 @@ from bot.errors import (
     ProviderValidationError,
     VideoTooLarge,
 )
+from bot.i18n import _t
 from bot.metrics import NO_METRICS, Metrics
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ MAX_REDIRECTS = 5
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _LOCAL_HOST_NAMES = frozenset({"localhost", "localhost.localdomain"})
 # Shown to members (via user_message), so it names no host: the log line has the detail.
-_REFUSED_MESSAGE = "the video link does not point to the video service's own servers"
+_REFUSED_MESSAGE = _t("the video link does not point to the video service's own servers")
 _MP4_MAGIC = b"ftyp"
 
 
@@ -416,7 +417,7 @@ class ProviderClient:
         if not isinstance(data, dict):
             self._log_reply("POST", reply)
             raise ProviderError(
-                "the video service accepted the request but its answer was not a JSON object",
+                _t("the video service accepted the request but its answer was not a JSON object"),
                 status=reply.status,
             )
         generation_id = _nonempty_str(data.get("id")) or _nonempty_str(data.get("generation_id"))
@@ -427,7 +428,7 @@ class ProviderClient:
                 # An error body behind a 2xx status: honour the code it carries.
                 raise self._http_error(_Reply(code, reply.text), operation="submit")
             raise ProviderError(
-                "the video service accepted the request but returned no generation id",
+                _t("the video service accepted the request but returned no generation id"),
                 status=reply.status,
             )
         if data.get("status") is None:
@@ -534,7 +535,9 @@ class ProviderClient:
         except TimeoutError as exc:
             self._raise_transport(exc)
         log.warning("provider: the video link redirected more than %d times", MAX_REDIRECTS)
-        raise VideoLinkRefused(f"the video link redirected more than {MAX_REDIRECTS} times")
+        raise VideoLinkRefused(
+            _t("the video link redirected more than {count} times", count=MAX_REDIRECTS)
+        )
 
     async def _save_video(
         self, resp: aiohttp.ClientResponse, dest_dir: pathlib.Path, *, max_bytes: int
@@ -691,7 +694,10 @@ class ProviderClient:
             )
             raise _Retry(error, type(exc).__name__) from exc
         raise ProviderError(
-            f"the request to the video service failed ({self._describe(exc)})"
+            _t(
+                "the request to the video service failed ({problem})",
+                problem=self._describe(exc),
+            )
         ) from exc
 
     def _message(self, text: str) -> str:
@@ -706,7 +712,7 @@ class ProviderClient:
             return ProviderValidationError(message, status=status)
         if status == 413:
             return ProviderValidationError(
-                f"image too large for the provider ({message})", status=status
+                _t("image too large for the provider ({message})", message=message), status=status
             )
         if status == 401:
             return ProviderAuthError(message, status=status)

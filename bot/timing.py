@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from bot.catalog import CATALOG
+from bot.i18n import Seconds
 from bot.jobs import Job, JobState, Outcome
 from bot.store import JobStore, jobs
 
@@ -279,12 +280,25 @@ def _completion_seconds(
     return ((before - submitted_at) + (finished_at - before) / 2).total_seconds()
 
 
-def describe_seconds(seconds: float) -> str:
-    """'45 s', '1 min 40 s', '12 min': about as precise as a typical time deserves."""
+def round_duration(seconds: float) -> float:
+    """About as precise as a typical time deserves: 5 s steps under a minute, 10 s steps under
+    ten minutes, whole minutes beyond."""
     if seconds < 57.5:
-        return f"{max(5, round(seconds / 5) * 5)} s"
+        return float(max(5, round(seconds / 5) * 5))
     if seconds < 595:
-        rounded = round(seconds / 10) * 10
-        minutes, rest = divmod(int(rounded), 60)
-        return f"{minutes} min" if rest == 0 else f"{minutes} min {rest} s"
-    return f"{round(seconds / 60)} min"
+        return float(round(seconds / 10) * 10)
+    return float(round(seconds / 60) * 60)
+
+
+def about_seconds(seconds: float) -> Seconds:
+    """A typical time as members see it, in their language ("1 min 40 sec", "1 Min., 40 Sek.")."""
+    return Seconds(round_duration(seconds))
+
+
+def describe_seconds(seconds: float) -> str:
+    """'45 s', '1 min 40 s', '12 min' in English, for logs (members get `about_seconds`)."""
+    rounded = int(round_duration(seconds))
+    if rounded < 60:
+        return f"{rounded} s"
+    minutes, rest = divmod(rounded, 60)
+    return f"{minutes} min" if rest == 0 else f"{minutes} min {rest} s"

@@ -37,6 +37,7 @@ from av.video.stream import VideoStream
 from PIL import Image
 
 from bot.errors import MediaUnreadable
+from bot.i18n import Message, _t
 
 # --- the quality floor and the byte budget -------------------------------------------------
 
@@ -78,8 +79,8 @@ _Writer = Callable[[OutputContainer], None]
 class VideoError(MediaUnreadable):
     """The file is not a video we can read. The message is safe to show: no paths, no details."""
 
-    def __init__(self, reason: str = "The video file could not be read.") -> None:
-        super().__init__(reason)
+    def __init__(self, reason: Message | None = None) -> None:
+        super().__init__(reason if reason is not None else _t("The video file could not be read."))
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ def last_frame_jpeg(path: Path, *, quality: int = 92) -> bytes:
             container.seek(0, stream=video, backward=True)
             last = _last_video_frame(container, video)
         if last is None:
-            raise VideoError("The video has no picture to continue from.")
+            raise VideoError(_t("The video has no picture to continue from."))
         image = frame_to_image(last)
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=quality)
@@ -436,7 +437,7 @@ def _open_input(path: Path) -> InputContainer:
 
 def _video_stream(container: InputContainer) -> VideoStream:
     if not container.streams.video:
-        raise VideoError("The file has no video in it.")
+        raise VideoError(_t("The file has no video in it."))
     video = container.streams.video[0]
     if not video.codec_context.width or not video.codec_context.height:
         raise VideoError()
@@ -455,7 +456,7 @@ def _duration(container: InputContainer, video: VideoStream) -> float:
         return container.duration / av.time_base
     if video.duration is not None and video.time_base is not None and video.duration > 0:
         return float(video.duration * video.time_base)
-    raise VideoError("The video's length could not be read.")
+    raise VideoError(_t("The video's length could not be read."))
 
 
 def _decoded(

@@ -22,6 +22,7 @@ from PIL import Image
 from bot.catalog import CATALOG
 from bot.config import Settings
 from bot.errors import ImageRejected, InputRejected, ProviderValidationError, TooManyActiveJobs
+from bot.i18n import Message, from_stored
 from bot.jobs import Job, JobState, Outcome
 from bot.provider import DownloadedVideo, ProviderClient, RetryPolicy
 from bot.service import AnimateRequest, Conversation, DestinationGone, JobService, UploadRejected
@@ -112,17 +113,23 @@ class RecordingDelivery:
         return None
 
     async def post_video(
-        self, job: Job, video: DownloadedVideo, *, note: str | None = None, link: str | None = None
+        self,
+        job: Job,
+        video: DownloadedVideo,
+        *,
+        note: Message | None = None,
+        link: str | None = None,
     ) -> int:
         if self.refuse_uploads or video.size > job.upload_limit_bytes:
             raise UploadRejected("too big")
-        return self._post("video", job, detail=note or "", data=video.path.read_bytes())
+        # Kept as English, the way the tests read them.
+        return self._post("video", job, detail=str(note or ""), data=video.path.read_bytes())
 
-    async def post_link(self, job: Job, url: str, reason: str) -> int:
+    async def post_link(self, job: Job, url: str, reason: Message) -> int:
         return self._post("link", job, detail=f"{url} {reason}")
 
-    async def post_failure(self, job: Job, reason: str) -> int:
-        return self._post("failure", job, detail=reason)
+    async def post_failure(self, job: Job, reason: Message) -> int:
+        return self._post("failure", job, detail=str(reason))
 
     def for_job(self, job_id: int) -> list[Posted]:
         return [p for p in self.posts if p.job_id == job_id]
@@ -419,6 +426,30 @@ async def test_two_workers_deliver_each_video_once(world: World) -> None:
         assert len(world.delivery.for_job(job.id)) == 1
 
 
+async def test_two_workers_passes_at_the_same_moment_split_the_finished_jobs(
+    world: World,
+) -> None:
+    for _ in range(8):
+        world.provider.script_next_job(["completed"], video=VIDEO)
+    jobs = [await world.animate(requester_id=i) for i in range(1, 9)]
+    for job in jobs:  # finished, not yet claimed by anyone for posting
+        await world.service._poll(job, world.delivery)
+    other_store = await JobStore.open(world.db_url)
+    try:
+        first = world.new_service(worker_id="first")
+        second = world.new_service(store=other_store, worker_id="second")
+        # One pass each, at the same moment, four deliveries at most per process.
+        await asyncio.gather(first.run_due(world.delivery), second.run_due(world.delivery))
+        await asyncio.gather(first.wait_for_deliveries(), second.wait_for_deliveries())
+    finally:
+        await other_store.close()
+    # Neither pass was wasted on jobs the other was taking: all eight went out, once each.
+    for job in jobs:
+        assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
+    workers = [stored.delivery_worker for job in jobs if (stored := await world.store.get(job.id))]
+    assert sorted(workers) == ["first"] * 4 + ["second"] * 4
+
+
 async def test_video_over_the_upload_limit_becomes_a_link(world: World) -> None:
     world.provider.script_next_job(["completed"], video=VIDEO * 4)
     job = await world.animate(upload_limit_bytes=len(VIDEO))
@@ -446,7 +477,7 @@ async def test_a_delivery_that_keeps_failing_backs_off_then_says_so(world: World
     assert gaps == sorted(gaps) and gaps[0] >= 10, "retries must back off, not hammer Discord"
     final = await world.store.get(job.id)
     assert final is not None and final.state == JobState.DONE
-    assert final.outcome == Outcome.FAILED and "link" in (final.error_message or "")
+    assert final.outcome == Outcome.FAILED and "link" in str(from_stored(final.error_message))
     assert final.result_url is not None  # the status message links the video
     assert world.delivery.statuses[-1][1] == JobState.DONE  # the status message says so
 
@@ -666,7 +697,7 @@ async def test_a_deleted_thread_sends_the_video_to_the_channel_with_a_note(world
     assert post.kind == "video" and post.where == "333"
     final = await world.store.get(job.id)
     assert final is not None and final.state == JobState.DONE
-    assert "thread was deleted" in (final.delivery_note or "")
+    assert "thread was deleted" in str(from_stored(final.delivery_note))
     assert len(world.provider.video_requests) == 1
 
 
@@ -686,7 +717,7 @@ async def test_when_nobody_can_be_reached_the_job_ends_and_says_why(world: World
     assert world.delivery.for_job(job.id) == []
     final = await world.store.get(job.id)
     assert final is not None and final.state == JobState.DONE
-    assert "DMs are closed" in (final.delivery_note or "")
+    assert "DMs are closed" in str(from_stored(final.delivery_note))
     assert len(world.provider.video_requests) == 1
 
 
