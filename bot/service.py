@@ -42,6 +42,7 @@ from bot.errors import (
     VideoTooLarge,
     user_message,
 )
+from bot.i18n import Message, Number, _t, from_stored, join, to_stored
 from bot.imaging import (
     FitMode,
     ImageFitter,
@@ -107,16 +108,21 @@ class Delivery(Protocol):
         """The id of a result message already posted for this job (after a crash), else None."""
 
     async def post_video(
-        self, job: Job, video: DownloadedVideo, *, note: str | None = None, link: str | None = None
+        self,
+        job: Job,
+        video: DownloadedVideo,
+        *,
+        note: Message | None = None,
+        link: str | None = None,
     ) -> int:
         """Upload the mp4; return the message id. Raise UploadRejected if it is too large.
 
         `note` and `link` (the provider's original) accompany a re-encoded video."""
 
-    async def post_link(self, job: Job, url: str, reason: str) -> int:
+    async def post_link(self, job: Job, url: str, reason: Message) -> int:
         """Post the provider's link instead of the file, saying why."""
 
-    async def post_failure(self, job: Job, reason: str) -> int:
+    async def post_failure(self, job: Job, reason: Message) -> int:
         """Tell the requester in plain words that no video is coming, and why."""
 
 
@@ -383,7 +389,9 @@ class JobService:
         """Fill defaults and check the choices against the model. Cheap; raises InputRejected."""
         spec = CATALOG.get(model or self.settings.default_model)
         if spec is None:
-            raise InputRejected(f"Unknown model {model!r}. Choose one from the list.")
+            raise InputRejected(
+                _t("Unknown model {model}. Choose one from the list.", model=repr(model))
+            )
         if resolution is None:
             same_model = spec.id == self.settings.default_model
             resolution = self.settings.default_resolution if same_model else spec.default_resolution
@@ -465,7 +473,7 @@ class JobService:
         except Exception:
             # The user hears that it failed, so it must not be submitted (and charged) later.
             # (A cancelled command, at shutdown, is instead submitted by the next start.)
-            await self.abandon(job, "the status message could not be posted")
+            await self.abandon(job, _t("the status message could not be posted"))
             raise
         job = await self.set_conversation(
             job,
@@ -515,11 +523,11 @@ class JobService:
         # both get through. Both may be refused; neither is charged.
         limit = self._active_limit(req.max_active)
         if limit > 0 and await self.store.count_active(req.requester_id) > limit:
-            await self.abandon(job, "too many videos in progress")
+            await self.abandon(job, _t("too many videos in progress"))
             raise TooManyActiveJobs(limit)
         return job
 
-    async def abandon(self, job: Job, reason: str) -> None:
+    async def abandon(self, job: Job, reason: Message) -> None:
         """Give up on a recorded job that was never submitted, so the loop will not submit it.
 
         For when the Discord side fails after `record` (the status message could not be posted,
@@ -531,7 +539,7 @@ class JobService:
             to_state=JobState.DONE,
             now=self.clock.now(),
             outcome=Outcome.FAILED,
-            error_message=reason,
+            error_message=to_stored(reason),
             image_data=None,
             end_image_data=None,
             next_poll_at=None,
@@ -594,7 +602,7 @@ class JobService:
             await self._conclude(
                 job,
                 Outcome.FAILED,
-                error=f"The model {job.model} is no longer offered by this bot.",
+                error=_t("The model {model} is no longer offered by this bot.", model=job.model),
                 from_states=[JobState.SUBMITTING],
             )
             return (await self.store.get(job.id)) or job
@@ -970,7 +978,7 @@ class JobService:
                 or job
             )
         if state.kind == "failed":
-            reason = state.error or "the video service gave no reason"
+            reason: Message = state.error or _t("the video service gave no reason")
             log.info("job %s: failed at the provider: %s", job.id, reason)
             return (
                 await self._conclude(
@@ -1073,7 +1081,7 @@ class JobService:
         job: Job,
         outcome: Outcome,
         *,
-        error: str | None = None,
+        error: Message | None = None,
         result_url: str | None = None,
         cost_usd: float | None = None,
         status: str | None = None,
@@ -1088,7 +1096,7 @@ class JobService:
             "end_image_data": None,
         }
         if error is not None:
-            changes["error_message"] = error
+            changes["error_message"] = to_stored(error)
         if result_url is not None:
             changes["result_url"] = result_url
         if cost_usd is not None:
@@ -1171,27 +1179,30 @@ class JobService:
         if job.delivery_target == "interaction":
             # Discord accepts an interaction's follow-ups for 15 minutes only.
             target: str | None = "dm"
-            note = (
+            note = _t(
                 "It took longer than the 15 minutes Discord lets the bot answer a command "
                 "there, so it was sent to you by DM."
             )
         elif job.delivery_target is None and job.thread_id is not None:
             target = "channel"
-            note = "The thread was deleted, so the result was posted in the channel."
+            note = _t("The thread was deleted, so the result was posted in the channel.")
         elif job.interaction_expires_at is not None:
             target = None
-            note = (
+            note = _t(
                 "The bot could not reach you: the command's 15 minutes had passed and your DMs "
-                f"are closed. Use /show {job.id} in a DM with the bot to get it."
+                "are closed. Use /show {job} in a DM with the bot to get it.",
+                job=job.id,
             )
         elif job.delivery_target != "dm":
             target = "dm"
-            note = "The bot could not post in the channel any more, so it sent you a DM."
+            note = _t("The bot could not post in the channel any more, so it sent you a DM.")
         else:
             target = None
-            note = "The bot could not post the result: the channel is gone and your DMs are closed."
+            note = _t(
+                "The bot could not post the result: the channel is gone and your DMs are closed."
+            )
         log.warning("job %s: destination gone; %s", job.id, "moving to " + (target or "nowhere"))
-        changes: dict[str, Any] = {"delivery_note": note}
+        changes: dict[str, Any] = {"delivery_note": to_stored(note)}
         if target is not None:
             changes["delivery_target"] = target
         updated = await self.store.transition(
@@ -1217,7 +1228,7 @@ class JobService:
     async def _post_outcome(self, job: Job, delivery: Delivery) -> int:
         if job.outcome != Outcome.VIDEO or job.result_url is None:
             return await delivery.post_failure(
-                job, job.error_message or user_message(GenerationFailed("unknown"))
+                job, from_stored(job.error_message) or user_message(GenerationFailed(_t("unknown")))
             )
         await self._safe_status(delivery, job)
         url = job.result_url
@@ -1236,12 +1247,14 @@ class JobService:
         except TimeoutError:
             log.warning("job %s: download did not finish in time; posting the link", job.id)
             return await delivery.post_link(
-                job, url, "The video could not be fetched in time, so here is the provider's link."
+                job,
+                url,
+                _t("The video could not be fetched in time, so here is the provider's link."),
             )
         except ProviderError as exc:
             log.warning("job %s: download failed (%s); posting the link", job.id, exc)
             return await delivery.post_link(
-                job, url, "The bot could not fetch the file, so here is the provider's link."
+                job, url, _t("The bot could not fetch the file, so here is the provider's link.")
             )
         limit = max(job.upload_limit_bytes, 1)
         if video.size <= limit:
@@ -1251,9 +1264,9 @@ class JobService:
                 pass  # Discord counted differently: try a smaller encode
         fitted = await self._fit_to_limit(job, video, limit)
         if fitted is not None:
-            note = (
-                f"Re-encoded to fit this server's {limit / 1_048_576:.0f} MB upload limit; "
-                "the original is linked."
+            note = _t(
+                "Re-encoded to fit this server's {size} MB upload limit; the original is linked.",
+                size=Number(limit / 1_048_576),
             )
             try:
                 return await delivery.post_video(job, fitted, note=note, link=url)
@@ -1300,7 +1313,7 @@ class JobService:
             from_states=[JobState.DELIVERING],
             now=self.clock.now(),
             outcome=Outcome.FAILED,
-            error_message=reason,
+            error_message=to_stored(reason),
             result_url=None,
         )
         if updated is None:
@@ -1358,15 +1371,15 @@ class JobService:
 
     async def _give_up_delivery(self, job: Job, delivery: Delivery, now: datetime) -> None:
         log.error("job %s: giving up delivery after %s attempts", job.id, job.delivery_attempts)
-        reason = "The bot could not post here (Discord kept refusing)."
+        reason: Message = _t("The bot could not post here (Discord kept refusing).")
         if job.result_url:
-            reason += " The provider's link is on this message."
+            reason = join([reason, _t("The provider's link is on this message.")])
         await self.store.transition(
             job.id,
             from_states=[JobState.DELIVERING],
             now=now,
             outcome=Outcome.FAILED,
-            error_message=reason,
+            error_message=to_stored(reason),
         )
         await self.store.finish_delivery(job.id, worker=self.worker_id, now=now, message_id=None)
         await self._forget_video(job.id)
@@ -1405,12 +1418,18 @@ def check_end_frame(spec: ModelSpec, *, has_end_image: bool) -> None:
     if has_end_image and spec.last_image_field is None:
         takers = [s.label for s in CATALOG.values() if s.last_image_field is not None]
         raise InputRejected(
-            f"{spec.label} can't take an end frame. Models that can: {', '.join(takers)}."
+            _t(
+                "{model} can't take an end frame. Models that can: {models}.",
+                model=spec.label,
+                models=", ".join(takers),
+            )
         )
     if not has_end_image and spec.last_image_required:
         raise InputRejected(
-            f"{spec.label} needs an end frame too: attach one as end_image, or choose another "
-            "model."
+            _t(
+                "{model} needs an end frame too: attach one as end_image, or choose another model.",
+                model=spec.label,
+            )
         )
 
 
@@ -1438,7 +1457,7 @@ def _reuse_fitted(data: bytes, size: tuple[int, int]) -> PreparedImage | None:
 
 
 def _foreign_link() -> VideoLinkRefused:
-    return VideoLinkRefused("the video link does not point to the video service's own servers")
+    return VideoLinkRefused(_t("the video link does not point to the video service's own servers"))
 
 
 def _current_task_cancelling() -> bool:
@@ -1446,8 +1465,9 @@ def _current_task_cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _too_large_reason(limit: int) -> str:
-    return (
-        f"The video is larger than this server's {limit / (1024 * 1024):.0f} MB upload limit, "
-        "so here is the provider's link instead."
+def _too_large_reason(limit: int) -> Message:
+    return _t(
+        "The video is larger than this server's {size} MB upload limit, so here is the "
+        "provider's link instead.",
+        size=Number(limit / (1024 * 1024)),
     )
