@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from bot.discord_bot import AnimateBot
+from bot.i18n import from_stored
 from bot.jobs import Job, JobState
 from tests.fake_discord import FakeInteraction, FakeMessage
 from tests.fake_discord.harness import BotRun
@@ -176,7 +177,8 @@ async def test_with_dms_closed_the_job_ends_with_a_note_and_nothing_crashes(
     job = await finished_job(run=bot, env=env)
     assert job.delivery_message_id is None
     assert job.delivery_note is not None
-    assert "DMs are closed" in job.delivery_note and f"/show {job.id}" in job.delivery_note
+    note = str(from_stored(job.delivery_note))  # stored translatable; English here
+    assert "DMs are closed" in note and f"/show {job.id}" in note
     dm_channel = env.discord.add_dm_channel(env.user_id)
     assert env.discord.messages(dm_channel) == []
     assert job.interaction_token is None
