@@ -813,13 +813,21 @@ class JobService:
         """
         now = self.clock.now()
         touched = 0
-        for job in await self.store.due_for_submit(
-            now,
-            limit=self.settings.max_concurrent_polls,
-            in_flight_grace_seconds=self.settings.submit_in_flight_grace_seconds,
-        ):
+        # Claimed one at a time, right before each is sent: a claimed job waiting behind slow
+        # submits would age its lease. Claims skip rows another process is claiming (no
+        # collisions on PostgreSQL); an empty claim means nothing more is due.
+        for _ in range(self.settings.max_concurrent_polls):
+            claimed = await self.store.claim_due_submits(
+                self.clock.now(),
+                worker=self.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+                limit=1,
+                in_flight_grace_seconds=self.settings.submit_in_flight_grace_seconds,
+            )
+            if not claimed:
+                break
             touched += 1
-            await self._guarded(job, self._resubmit(job, delivery))
+            await self._guarded(claimed[0], self._resubmit(claimed[0], delivery))
         # Claimed, not just read: another process sharing the database never polls these
         # at the same moment (the claim moves next_poll_at a lease ahead).
         due = await self.store.claim_due_polls(
@@ -832,19 +840,24 @@ class JobService:
         await asyncio.gather(*(self._guarded(job, self._poll(job, delivery)) for job in due))
         free = self.settings.max_concurrent_deliveries - len(self._deliveries)
         if free > 0:
-            # Ask for a few more than we can take: some may be running here already.
-            ready = await self.store.due_for_delivery(now, limit=free + len(self._deliveries))
-            for job in ready:
-                if job.id in self._deliveries or free <= 0:
-                    continue
-                free -= 1
-                touched += 1
+            # Claimed in one go, skipping rows another process is claiming; the ones this
+            # process is posting already are never taken over by itself.
+            claimed = await self.store.claim_due_deliveries(
+                self.clock.now(),
+                worker=self.worker_id,
+                lease_seconds=self.settings.lease_seconds,
+                limit=free,
+                skip=list(self._deliveries),
+            )
+            touched += len(claimed)
+            for job in claimed:
                 self._start_delivery(job, delivery)
         return touched
 
     def _start_delivery(self, job: Job, delivery: Delivery) -> None:
+        """Post a job whose delivery this worker has claimed, as a task of its own."""
         task = asyncio.create_task(
-            self._guarded(job, self.deliver(job, delivery)), name=f"deliver-job-{job.id}"
+            self._guarded(job, self._deliver_leased(job, delivery)), name=f"deliver-job-{job.id}"
         )
         self._deliveries[job.id] = task
         task.add_done_callback(lambda _: self._deliveries.pop(job.id, None))
@@ -901,29 +914,21 @@ class JobService:
             log.exception("job %s: unexpected error in the background loop", job.id)
 
     async def _resubmit(self, job: Job, delivery: Delivery) -> None:
+        """Submit a job whose submit lease this worker has just claimed."""
         now = self.clock.now()
         if self._deadline_passed(job, now):
             # A request stuck behind a long provider outage is not charged days later.
             await self._time_out(job, now, from_states=[JobState.SUBMITTING])
             return
-        leased = await self.store.claim_submit(
-            job.id,
-            now=now,
-            lease_seconds=self.settings.lease_seconds,
-            worker=self.worker_id,
-            in_flight_grace_seconds=self.settings.submit_in_flight_grace_seconds,
-        )
-        if leased is None:
-            return  # another worker took it
-        if leased.submit_sent_at is not None:
+        if job.submit_sent_at is not None:
             log.warning(
                 "job %s: an earlier submit may have reached the provider but was never recorded; "
                 "submitting again (it may be charged twice)",
                 job.id,
             )
-        log.info("job %s: resubmitting (attempt %s)", job.id, leased.submit_attempts)
+        log.info("job %s: resubmitting (attempt %s)", job.id, job.submit_attempts)
         try:
-            updated = await self.submit(leased)
+            updated = await self.submit(job)
         except ProviderError:
             return  # recorded as failed by submit; delivery reports it
         if updated.state == JobState.POLLING:
@@ -1126,6 +1131,11 @@ class JobService:
         )
         if claimed is None:
             return False
+        return await self._deliver_leased(claimed, delivery)
+
+    async def _deliver_leased(self, claimed: Job, delivery: Delivery) -> bool:
+        """Post the outcome of a job whose delivery this worker has just claimed."""
+        job = claimed
         try:
             message_id = await self._while_holding(
                 self._delivery_renewer(job.id), self._deliver_claimed(claimed, delivery)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -623,6 +623,64 @@ class JobStore:
             await session.execute(claim)
         return [dataclasses.replace(job, poll_worker=worker) for job in picked]
 
+    async def claim_due_submits(
+        self,
+        now: datetime,
+        *,
+        worker: str,
+        lease_seconds: float,
+        limit: int,
+        in_flight_grace_seconds: float = 0.0,
+    ) -> list[Job]:
+        """Lease up to `limit` due (re)submissions for `worker` in one transaction, oldest first.
+
+        Due and leased as in `claim_submit` (next_poll_at moves a lease ahead, submit_attempts
+        counts up, `worker` is named in submit_worker); jobs come back as claimed.
+        """
+        now = require_aware(now, "now")
+        due = sa.and_(
+            jobs.c.state == JobState.SUBMITTING, _submit_due(now, in_flight_grace_seconds)
+        )
+        values = {
+            "next_poll_at": now + _lease(lease_seconds),
+            "submit_attempts": jobs.c.submit_attempts + 1,
+            "submit_worker": worker,
+            "updated_at": now,
+        }
+        order = (sa.func.coalesce(jobs.c.next_poll_at, jobs.c.created_at), jobs.c.id)
+        return await self._claim_many(due, order, values, limit)
+
+    async def claim_due_deliveries(
+        self,
+        now: datetime,
+        *,
+        worker: str,
+        lease_seconds: float,
+        limit: int,
+        skip: Collection[int] = (),
+    ) -> list[Job]:
+        """Take up to `limit` deliveries for `worker` in one transaction, longest waiting first.
+
+        Claimable as in `claim_delivery` (`to_deliver`, or `delivering` with a lapsed lease);
+        jobs in `skip` (the ones this process is posting already) are left alone. Jobs come back
+        as claimed: `delivering`, held by `worker` for a lease.
+        """
+        now = require_aware(now, "now")
+        claimable = sa.or_(
+            jobs.c.state == JobState.TO_DELIVER,
+            sa.and_(jobs.c.state == JobState.DELIVERING, _lease_expired(now)),
+        )
+        if skip:
+            claimable = sa.and_(claimable, jobs.c.id.not_in(list(skip)))
+        values = {
+            "state": JobState.DELIVERING,
+            "delivery_worker": worker,
+            "delivery_lease_until": now + _lease(lease_seconds),
+            "delivery_attempts": jobs.c.delivery_attempts + 1,
+            "updated_at": now,
+        }
+        return await self._claim_many(claimable, (jobs.c.updated_at, jobs.c.id), values, limit)
+
     async def hold_poll(
         self, job_id: int, *, worker: str, now: datetime, lease_seconds: float
     ) -> bool:
@@ -764,6 +822,41 @@ class JobStore:
             if (await connection.execute(statement)).rowcount != 1:
                 return None
             return await self._select_one(session, job_id)
+
+    async def _claim_many(
+        self,
+        claimable: sa.ColumnElement[bool],
+        order: Sequence[sa.ColumnElement[Any]],
+        values: Mapping[str, Any],
+        limit: int,
+    ) -> list[Job]:
+        """Pick up to `limit` claimable rows and update them, in one transaction.
+
+        PostgreSQL picks with `FOR UPDATE SKIP LOCKED`, so workers claiming at the same moment
+        take different rows instead of reading the same ones and all but one losing the
+        claim; SQLite's write transaction is exclusive. The update repeats the condition, so
+        a row is never claimed unless it still is claimable.
+        """
+        if limit <= 0:
+            return []
+        pick = sa.select(jobs.c.id).where(claimable).order_by(*order).limit(limit)
+        if self._engine.dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        async with self._write.begin() as session:
+            ids = list((await session.execute(pick)).scalars())
+            if not ids:
+                return []
+            claim = jobs.update().where(jobs.c.id.in_(ids), claimable).values(dict(values))
+            if self._returning:
+                rows = (await session.execute(claim.returning(*_JOB_COLUMNS))).all()
+            else:
+                # Only SQLite lacks RETURNING, and its exclusive write transaction means every
+                # picked row was just updated by us: re-read them.
+                await session.execute(claim)
+                reread = sa.select(*_JOB_COLUMNS).where(jobs.c.id.in_(ids))
+                rows = list((await session.execute(reread)).all())
+        claimed = {job.id: job for job in map(_row_to_job, rows)}
+        return [claimed[job_id] for job_id in ids if job_id in claimed]  # in the order picked
 
     async def _select_one(self, session: AsyncSession, job_id: Any) -> Job | None:
         query = sa.select(*_JOB_COLUMNS).where(jobs.c.id == job_id)

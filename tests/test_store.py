@@ -348,6 +348,94 @@ async def test_two_processes_claiming_polls_split_the_due_jobs(
     assert await store.claim_due_polls(T0, worker="worker-c", lease_seconds=30, limit=50) == []
 
 
+async def test_two_processes_claiming_submits_split_the_due_jobs(
+    store: JobStore, store_url: str
+) -> None:
+    due = [await store.create(new_job(), now=T0 + timedelta(seconds=i)) for i in range(12)]
+    await polling_job(store, T0)  # at the provider already: not a submit
+    now = T0 + timedelta(minutes=1)
+    second_process = await JobStore.open(store_url)
+    try:
+        # Four claims of three, two per process, all at the same moment: exactly the due set.
+        rounds = await asyncio.gather(
+            *(
+                worker.claim_due_submits(now, worker=name, lease_seconds=30, limit=3)
+                for _ in range(2)
+                for worker, name in ((store, "worker-a"), (second_process, "worker-b"))
+            )
+        )
+    finally:
+        await second_process.close()
+
+    # No claim came back short (nobody read a job another was taking), none twice.
+    assert [len(batch) for batch in rounds] == [3, 3, 3, 3]
+    claimed = [job for batch in rounds for job in batch]
+    assert sorted(job.id for job in claimed) == [job.id for job in due]
+    for batch, name in zip(rounds, ["worker-a", "worker-b"] * 2, strict=True):
+        for job in batch:
+            assert (job.submit_worker, job.submit_attempts) == (name, 1)
+            assert job.next_poll_at == now + timedelta(seconds=30)  # the lease
+            assert await store.get(job.id) == job
+    assert await store.claim_due_submits(now, worker="worker-c", lease_seconds=30, limit=50) == []
+    # Once the leases lapse (the workers died), the jobs are due again, oldest first.
+    later = now + timedelta(seconds=31)
+    again = await store.claim_due_submits(later, worker="worker-c", lease_seconds=30, limit=2)
+    assert [(job.id, job.submit_attempts) for job in again] == [(due[0].id, 2), (due[1].id, 2)]
+
+
+async def test_two_processes_claiming_deliveries_split_the_finished_jobs(
+    store: JobStore, store_url: str
+) -> None:
+    finished = [await finished_job(store) for _ in range(12)]
+    second_process = await JobStore.open(store_url)
+    try:
+        rounds = await asyncio.gather(
+            *(
+                worker.claim_due_deliveries(T0, worker=name, lease_seconds=60, limit=3)
+                for _ in range(2)
+                for worker, name in ((store, "worker-a"), (second_process, "worker-b"))
+            )
+        )
+    finally:
+        await second_process.close()
+
+    assert [len(batch) for batch in rounds] == [3, 3, 3, 3]
+    claimed = [job for batch in rounds for job in batch]
+    assert sorted(job.id for job in claimed) == [job.id for job in finished]
+    for batch, name in zip(rounds, ["worker-a", "worker-b"] * 2, strict=True):
+        for job in batch:
+            assert (job.state, job.delivery_worker, job.delivery_attempts) == (
+                JobState.DELIVERING,
+                name,
+                1,
+            )
+            assert job.delivery_lease_until == T0 + timedelta(seconds=60)
+            assert await store.get(job.id) == job
+    during = T0 + timedelta(seconds=30)
+    assert await store.claim_due_deliveries(during, worker="c", lease_seconds=60, limit=50) == []
+    # worker-a died: after its leases lapse its jobs go to the next claimer, except the ones
+    # that claimer says it is posting already.
+    after = T0 + timedelta(seconds=61)
+    mine = [job.id for job in claimed][:2]
+    taken = await store.claim_due_deliveries(
+        after, worker="c", lease_seconds=60, limit=50, skip=mine
+    )
+    assert sorted(job.id for job in taken) == [job.id for job in finished if job.id not in mine]
+    assert all(job.delivery_attempts == 2 for job in taken)
+
+
+async def test_batch_claims_without_returning_behave_the_same(store: JobStore) -> None:
+    store._returning = False  # SQLite < 3.35
+    first, second = await finished_job(store), await finished_job(store)
+    [claimed] = await store.claim_due_deliveries(T0, worker="a", lease_seconds=60, limit=1)
+    assert claimed == await store.get(first.id)
+    assert (claimed.state, claimed.delivery_worker) == (JobState.DELIVERING, "a")
+    waiting = await store.create(new_job(), now=T0)
+    [leased] = await store.claim_due_submits(T0, worker="a", lease_seconds=60, limit=5)
+    assert leased == await store.get(waiting.id) and leased.submit_worker == "a"
+    assert [job.id for job in await store.due_for_delivery(T0, limit=5)] == [second.id]
+
+
 async def test_poll_lease_is_renewed_by_its_worker_and_taken_over_when_it_lapses(
     store: JobStore,
 ) -> None:
