@@ -18,10 +18,11 @@ from bot.catalog import ModelSpec
 from bot.config import Settings
 from bot.errors import InputRejected, ProviderCreditsError, ProviderError
 from bot.guild_settings import GuildConfig, GuildSettings, ServerPaused
+from bot.i18n import Message, _t, _tn, join
 from bot.jobs import Job
 from bot.model_health import ModelHealth, ModelUnavailable, rejects_model, working_labels
 from bot.service import AnimateRequest, Clock, Conversation, JobService, check_end_frame
-from bot.spending import LimitStatus, Spending, format_usd
+from bot.spending import LimitStatus, Spending, money
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,23 @@ class Quote:
     needs_confirmation: bool
     limits: tuple[LimitStatus, ...]
 
-    def left_line(self) -> str:
-        """What the member has left, e.g. "left: $4.80 today, $18.80 this month (UTC)"."""
+    def left_line(self) -> Message:
+        """What the member has left, e.g. "Left: $4.80 your daily allowance; $18.80 your
+        monthly allowance (days and months in UTC)."; "" when no limit applies."""
         parts = [
-            f"{format_usd(status.left_usd)} {status.label}"
+            _t("{amount} {limit}", amount=money(status.left_usd), limit=status.label)
             for status in self.limits
             if status.left_usd is not None
         ]
-        return ("Left: " + "; ".join(parts) + " (days and months in UTC).") if parts else ""
+        if not parts:
+            return ""
+        return _t("Left: {amounts} (days and months in UTC).", amounts=join(parts, "; "))
 
 
 # Tells every server with a log channel about a bot-wide event (credits out, a model gone); called
 # once per event, by the process that noticed it first.
-ServerNotice = Callable[[str], Awaitable[None]]
+# The notice is a Message: each server reads it in its own language.
+ServerNotice = Callable[[Message], Awaitable[None]]
 
 
 class Admission:
@@ -197,10 +202,13 @@ class Admission:
         working = working_labels(await models.unavailable(now=now))
         if newly:
             await self._notify(
-                f"⚠️ The video service refused {quote.spec.label}: it is off for new videos "
-                "for an hour. Videos already being made are not affected. Models that work: "
-                + (", ".join(working) or "none right now")
-                + "."
+                _t(
+                    "⚠️ The video service refused {model}: it is off for new videos for an "
+                    "hour. Videos already being made are not affected. Models that work: "
+                    "{working}.",
+                    model=quote.spec.label,
+                    working=", ".join(working) or _t("none right now"),
+                )
             )
         return ModelUnavailable(quote.spec.label, working)
 
@@ -232,18 +240,23 @@ class Admission:
         log.error("provider account out of credits; new submissions paused until %s", until)
         if started:
             await self._notify(
-                "⚠️ The bot's video service account is out of credits: new videos are paused "
-                f"for {CREDITS_PAUSE_SECONDS // 60} minutes. Videos already being made will "
-                "still arrive."
+                _tn(
+                    "⚠️ The bot's video service account is out of credits: new videos are "
+                    "paused for {count} minute. Videos already being made will still arrive.",
+                    "⚠️ The bot's video service account is out of credits: new videos are "
+                    "paused for {count} minutes. Videos already being made will still arrive.",
+                    CREDITS_PAUSE_SECONDS // 60,
+                )
             )
 
-    async def _notify(self, text: str) -> None:
+    async def _notify(self, text: Message) -> None:
         if self.notify_servers is None:
             return
         try:
             await self.notify_servers(text)
         except Exception:
-            log.warning("could not tell the servers: %s", text.splitlines()[0], exc_info=True)
+            first = str(text).splitlines()[0]  # English, for the log
+            log.warning("could not tell the servers: %s", first, exc_info=True)
 
     async def settle_finished(self) -> int:
         """Settle or refund the reservations of jobs that ended (each background pass)."""

@@ -28,9 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bot.catalog import CATALOG, ModelSpec
 from bot.config import Settings
 from bot.errors import InputRejected
+from bot.i18n import ENGLISH, Message, Money, Text, _t, render
 from bot.store import _SQLITE_IMMEDIATE, UTCDateTime, metadata, require_aware
 
 T = TypeVar("T")
+
+Shown = Message | Money
+"""A setting's value as an admin reads it: words ("no limit"), or an amount in their format."""
 
 # Larger values are typos (or tests of the bot), not budgets anyone means.
 MAX_USD = 100_000.0
@@ -93,8 +97,10 @@ class SettingRejected(InputRejected):
 class ServerPaused(InputRejected):
     def __init__(self) -> None:
         super().__init__(
-            "This server's admins have paused /animate. Videos already being made will still "
-            "arrive."
+            _t(
+                "This server's admins have paused /animate. Videos already being made will "
+                "still arrive."
+            )
         )
 
 
@@ -160,7 +166,7 @@ class AccessLists:
         role_ids: Collection[int],
         existing_channels: Collection[int] | None = None,
         existing_roles: Collection[int] | None = None,
-    ) -> str | None:
+    ) -> Message | None:
         """Why a member may not use /animate here, or None when they may.
 
         `channel_ids`: the channel and, in a thread, its parent. `existing_*`: the server's live
@@ -171,10 +177,13 @@ class AccessLists:
         roles = _live(self.role_ids, existing_roles)
         if channels and not channels & set(channel_ids):
             places = ", ".join(f"<#{c}>" for c in sorted(channels))
-            return f"In this server /animate can be used only in {places}."
+            return _t("In this server /animate can be used only in {places}.", places=places)
         if roles and not roles & set(role_ids):
             names = ", ".join(f"<@&{r}>" for r in sorted(roles))
-            return f"In this server /animate is for members with one of these roles: {names}."
+            return _t(
+                "In this server /animate is for members with one of these roles: {roles}.",
+                roles=names,
+            )
         return None
 
 
@@ -242,27 +251,45 @@ class GuildConfig:
             for r in self.role_limits
         )
 
-    def lines(self) -> list[str]:
+    def lines(self) -> list[Message]:
         """One line per setting for `/animate-admin show`, each marked own or bot default."""
-        out = [
-            f"{SETTINGS[name].label}: {SETTINGS[name].show(getattr(self, name).value)}"
-            f" ({'this server' if getattr(self, name).own else 'bot default'})"
-            for name in _EFFECTIVE_NAMES
-        ]
-        out.append(f"the bot's monthly budget (all servers): {_usd_limit(self.bot_monthly_usd)}")
-        out.append(f"paused: {'yes' if self.paused else 'no'}")
+        out: list[Message] = []
+        for name in _EFFECTIVE_NAMES:
+            spec, setting = SETTINGS[name], getattr(self, name)
+            value = spec.show(setting.value)
+            if setting.own:
+                out.append(_t("{setting}: {value} (this server)", setting=spec.label, value=value))
+            else:
+                out.append(_t("{setting}: {value} (bot default)", setting=spec.label, value=value))
         out.append(
-            "log channel: "
-            + ("none" if self.log_channel_id is None else f"<#{self.log_channel_id}>")
+            _t(
+                "the bot's monthly budget (all servers): {value}",
+                value=_usd_limit(self.bot_monthly_usd),
+            )
         )
+        out.append(_t("paused: yes") if self.paused else _t("paused: no"))
+        if self.log_channel_id is None:
+            out.append(_t("log channel: none"))
+        else:
+            out.append(_t("log channel: <#{channel}>", channel=self.log_channel_id))
         for limit in self.role_limits:
             out.append(
-                f"role <@&{limit.role_id}>: daily {_role_usd(limit.member_daily_usd)}, "
-                f"monthly {_role_usd(limit.member_monthly_usd)}"
+                _t(
+                    "role <@&{role}>: daily {daily}, monthly {monthly}",
+                    role=limit.role_id,
+                    daily=_role_usd(limit.member_daily_usd),
+                    monthly=_role_usd(limit.member_monthly_usd),
+                )
             )
-        channels = ", ".join(f"<#{c}>" for c in sorted(self.access.channel_ids)) or "all"
-        roles = ", ".join(f"<@&{r}>" for r in sorted(self.access.role_ids)) or "everyone"
-        out.append(f"/animate allowed in: {channels}; for: {roles}")
+        channels: Message = ", ".join(f"<#{c}>" for c in sorted(self.access.channel_ids))
+        roles: Message = ", ".join(f"<@&{r}>" for r in sorted(self.access.role_ids))
+        out.append(
+            _t(
+                "/animate allowed in: {channels}; for: {roles}",
+                channels=channels or _t("all"),
+                roles=roles or _t("everyone"),
+            )
+        )
         return out
 
 
@@ -271,12 +298,17 @@ def _most_generous(values: Iterable[float]) -> float:
     return 0.0 if any(v <= 0 for v in collected) else max(collected)
 
 
-def _usd_limit(value: float) -> str:
-    return "no limit" if value <= 0 else f"${value:,.2f}"
+def _usd(value: float) -> Money:
+    # Whole cents, as settings have always been shown.
+    return Money(round(max(value, 0.0), 2))
 
 
-def _role_usd(value: float | None) -> str:
-    return "server's" if value is None else _usd_limit(value)
+def _usd_limit(value: float) -> Shown:
+    return _t("no limit") if value <= 0 else _usd(value)
+
+
+def _role_usd(value: float | None) -> Shown:
+    return _t("server's") if value is None else _usd_limit(value)
 
 
 @dataclass(frozen=True)
@@ -285,19 +317,31 @@ class SettingChange:
 
     guild_id: int
     actor_id: int
-    setting: str
-    before: str
-    after: str
+    setting: Message
+    before: Shown
+    after: Shown
 
     @property
     def changed(self) -> bool:
-        return self.before != self.after
+        # Compared as shown: the same words in one language are the same in every other.
+        return render(self.before, ENGLISH) != render(self.after, ENGLISH)
 
-    def describe(self) -> str:
+    def describe(self) -> Text:
         # A user mention for the log channel; the Discord layer sends it with pings disabled.
         if not self.changed:
-            return f"<@{self.actor_id}> left {self.setting} at {self.after}."
-        return f"<@{self.actor_id}> changed {self.setting} from {self.before} to {self.after}."
+            return _t(
+                "<@{actor}> left {setting} at {after}.",
+                actor=self.actor_id,
+                setting=self.setting,
+                after=self.after,
+            )
+        return _t(
+            "<@{actor}> changed {setting} from {before} to {after}.",
+            actor=self.actor_id,
+            setting=self.setting,
+            before=self.before,
+            after=self.after,
+        )
 
 
 # --- setting definitions and validation ----------------------------------------------------------
@@ -305,39 +349,39 @@ class SettingChange:
 
 @dataclass(frozen=True)
 class _SettingSpec:
-    label: str
+    label: Message
     kind: Literal["usd", "count", "seconds", "model", "resolution", "duration", "flag", "channel"]
 
-    def show(self, value: Any) -> str:
+    def show(self, value: Any) -> Shown:
         if value is None:
-            return "none"
+            return _t("none")
         if self.kind == "usd":
             return _usd_limit(float(value))
         if self.kind == "count":
-            return "no limit" if value <= 0 else str(value)
+            return _t("no limit") if value <= 0 else str(value)
         if self.kind == "seconds":
-            return "none" if value <= 0 else f"{value} s"
+            return _t("none") if value <= 0 else _t("{seconds} s", seconds=value)
         if self.kind == "duration":
-            return f"{value} s"
+            return _t("{seconds} s", seconds=value)
         if self.kind == "flag":
-            return "yes" if value else "no"
+            return _t("yes") if value else _t("no")
         if self.kind == "channel":
             return f"<#{value}>"
         return str(value)
 
 
 SETTINGS: Mapping[str, _SettingSpec] = {
-    "member_daily_usd": _SettingSpec("the member daily allowance", "usd"),
-    "member_monthly_usd": _SettingSpec("the member monthly allowance", "usd"),
-    "guild_monthly_usd": _SettingSpec("this server's monthly budget", "usd"),
-    "confirm_above_usd": _SettingSpec("ask to confirm at or above", "usd"),
-    "max_active": _SettingSpec("unfinished videos per member", "count"),
-    "cooldown_seconds": _SettingSpec("the wait between a member's requests", "seconds"),
-    "default_model": _SettingSpec("the default model", "model"),
-    "default_resolution": _SettingSpec("the default resolution", "resolution"),
-    "default_duration": _SettingSpec("the default duration", "duration"),
-    "paused": _SettingSpec("paused", "flag"),
-    "log_channel_id": _SettingSpec("the log channel", "channel"),
+    "member_daily_usd": _SettingSpec(_t("the member daily allowance"), "usd"),
+    "member_monthly_usd": _SettingSpec(_t("the member monthly allowance"), "usd"),
+    "guild_monthly_usd": _SettingSpec(_t("this server's monthly budget"), "usd"),
+    "confirm_above_usd": _SettingSpec(_t("ask to confirm at or above"), "usd"),
+    "max_active": _SettingSpec(_t("unfinished videos per member"), "count"),
+    "cooldown_seconds": _SettingSpec(_t("the wait between a member's requests"), "seconds"),
+    "default_model": _SettingSpec(_t("the default model"), "model"),
+    "default_resolution": _SettingSpec(_t("the default resolution"), "resolution"),
+    "default_duration": _SettingSpec(_t("the default duration"), "duration"),
+    "paused": _SettingSpec(_t("paused"), "flag"),
+    "log_channel_id": _SettingSpec(_t("the log channel"), "channel"),
 }
 # Settings with a bot default behind them (the rest are the server's alone).
 _EFFECTIVE_NAMES = (
@@ -353,34 +397,53 @@ _EFFECTIVE_NAMES = (
 )
 
 
-def validate_usd(label: str, value: float | None) -> float | None:
+def validate_usd(label: Message, value: float | None) -> float | None:
     """None or negative: back to the default (None); 0: no limit; NaN, inf, huge: refused."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SettingRejected(f"{label} must be an amount in US dollars.")
+        raise SettingRejected(_t("{setting} must be an amount in US dollars.", setting=label))
     if math.isnan(value) or math.isinf(value):
-        raise SettingRejected(f"{label} must be an amount in US dollars, not {value}.")
+        raise SettingRejected(
+            _t(
+                "{setting} must be an amount in US dollars, not {value}.",
+                setting=label,
+                value=str(value),
+            )
+        )
     if value < 0:
         return None
     if value > MAX_USD:
         raise SettingRejected(
-            f"${value:,.2f} is not a sensible {label}; the most accepted is ${MAX_USD:,.0f}."
+            _t(
+                "{amount} is not a sensible {setting}; the most accepted is {most}.",
+                # Babel cannot format amounts beyond ~1e26; an absurd one reads fine as 1e+300.
+                amount=_usd(value) if value <= MAX_USD * 1e6 else f"${value:.6g}",
+                setting=label,
+                most=_usd(MAX_USD),
+            )
         )
     return float(value)
 
 
-def _validate_whole(label: str, value: object, maximum: int) -> int | None:
+def _validate_whole(label: Message, value: object, maximum: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SettingRejected(f"{label} must be a whole number.")
+        raise SettingRejected(_t("{setting} must be a whole number.", setting=label))
     if value < 0:
         return None
     if value > maximum:
-        raise SettingRejected(f"{value} is too large for {label}; the most accepted is {maximum}.")
+        raise SettingRejected(
+            _t(
+                "{value} is too large for {setting}; the most accepted is {most}.",
+                value=value,
+                setting=label,
+                most=maximum,
+            )
+        )
     return value
 
 
@@ -396,25 +459,25 @@ def _validate(name: str, value: object) -> object:
         if value is None:
             return None
         if not isinstance(value, str) or value not in CATALOG:
-            raise SettingRejected(f"{value!r} is not a model this bot offers.")
+            raise SettingRejected(_t("{model} is not a model this bot offers.", model=repr(value)))
         return value
     if spec.kind == "resolution":
         if value is None:
             return None
         if not isinstance(value, str):
-            raise SettingRejected("The resolution must be one of the model's, such as 720p.")
+            raise SettingRejected(_t("The resolution must be one of the model's, such as 720p."))
         return value
     if spec.kind == "duration":
         return _validate_whole(spec.label, value, 3600)
     if spec.kind == "flag":
         if not isinstance(value, bool):
-            raise SettingRejected(f"{spec.label} must be yes or no.")
+            raise SettingRejected(_t("{setting} must be yes or no.", setting=spec.label))
         return value
     # channel
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SettingRejected("The log channel must be a channel of this server.")
+        raise SettingRejected(_t("The log channel must be a channel of this server."))
     return value
 
 
@@ -589,8 +652,8 @@ class GuildSettings:
     ) -> SettingChange:
         """A role's own allowance (None or negative: the server's allowance for that period)."""
         now = require_aware(now, "now")
-        daily = validate_usd("a role's daily allowance", member_daily_usd)
-        monthly = validate_usd("a role's monthly allowance", member_monthly_usd)
+        daily = validate_usd(_t("a role's daily allowance"), member_daily_usd)
+        monthly = validate_usd(_t("a role's monthly allowance"), member_monthly_usd)
         key = sa.and_(role_limits.c.guild_id == guild_id, role_limits.c.role_id == role_id)
         async with self._write_engine.begin() as conn:
             old = (
@@ -613,7 +676,7 @@ class GuildSettings:
         return SettingChange(
             guild_id,
             actor_id,
-            f"the allowance of <@&{role_id}>",
+            _t("the allowance of <@&{role}>", role=role_id),
             _role_text(None if old is None else dict(old)),
             _role_text({"member_daily_usd": daily, "member_monthly_usd": monthly}),
         )
@@ -632,9 +695,9 @@ class GuildSettings:
         return SettingChange(
             guild_id,
             actor_id,
-            f"the allowance of <@&{role_id}>",
+            _t("the allowance of <@&{role}>", role=role_id),
             _role_text(None if old is None else dict(old)),
-            "none",
+            _t("none"),
         )
 
     async def set_access(
@@ -659,7 +722,7 @@ class GuildSettings:
             else:
                 await conn.execute(guild_access.delete().where(key))
             after = await self._access(conn, guild_id, kind)
-        label = "the channels where /animate works" if kind == "channel" else "who may use /animate"
+        label = _access_label(kind)
         return SettingChange(
             guild_id, actor_id, label, _access_text(kind, before), _access_text(kind, after)
         )
@@ -675,7 +738,7 @@ class GuildSettings:
                     guild_access.c.guild_id == guild_id, guild_access.c.kind == kind
                 )
             )
-        label = "the channels where /animate works" if kind == "channel" else "who may use /animate"
+        label = _access_label(kind)
         return SettingChange(
             guild_id, actor_id, label, _access_text(kind, before), _access_text(kind, frozenset())
         )
@@ -768,40 +831,56 @@ def _check_choices(
     if resolution is not None and resolution not in spec.resolutions:
         if "default_resolution" in changed:
             raise SettingRejected(
-                f"{spec.label} does not offer {resolution}; choose {', '.join(spec.resolutions)}."
+                _t(
+                    "{model} does not offer {resolution}; choose {choices}.",
+                    model=spec.label,
+                    resolution=resolution,
+                    choices=", ".join(spec.resolutions),
+                )
             )
         row["default_resolution"] = None
     duration = row["default_duration"]
     if duration is not None and duration not in spec.durations:
         if "default_duration" in changed:
             raise SettingRejected(
-                f"{spec.label} makes videos of {', '.join(map(str, spec.durations))} seconds, "
-                f"not {duration}."
+                _t(
+                    "{model} makes videos of {choices} seconds, not {duration}.",
+                    model=spec.label,
+                    choices=", ".join(map(str, spec.durations)),
+                    duration=duration,
+                )
             )
         row["default_duration"] = None
 
 
-def _shown(config: GuildConfig, name: str) -> str:
+def _shown(config: GuildConfig, name: str) -> Shown:
     spec = SETTINGS[name]
     if name in _EFFECTIVE_NAMES:
         setting: Effective[Any] = getattr(config, name)
         text = spec.show(setting.value)
-        return text if setting.own else f"{text} (bot default)"
+        return text if setting.own else _t("{value} (bot default)", value=text)
     return spec.show(getattr(config, name))
 
 
-def _role_text(row: Mapping[str, Any] | None) -> str:
+def _role_text(row: Mapping[str, Any] | None) -> Message:
     if row is None:
-        return "none"
-    return (
-        f"daily {_role_usd(row['member_daily_usd'])}, "
-        f"monthly {_role_usd(row['member_monthly_usd'])}"
+        return _t("none")
+    return _t(
+        "daily {daily}, monthly {monthly}",
+        daily=_role_usd(row["member_daily_usd"]),
+        monthly=_role_usd(row["member_monthly_usd"]),
     )
 
 
-def _access_text(kind: AccessKind, ids: frozenset[int]) -> str:
+def _access_label(kind: AccessKind) -> Text:
+    if kind == "channel":
+        return _t("the channels where /animate works")
+    return _t("who may use /animate")
+
+
+def _access_text(kind: AccessKind, ids: frozenset[int]) -> Message:
     if not ids:
-        return "every channel" if kind == "channel" else "everyone"
+        return _t("every channel") if kind == "channel" else _t("everyone")
     mark = "#" if kind == "channel" else "@&"
     return ", ".join(f"<{mark}{i}>" for i in sorted(ids))
 

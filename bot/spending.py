@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from bot.catalog import ModelSpec
 from bot.errors import InputRejected, TooManyActiveJobs
 from bot.guild_settings import BotDefaults, GuildConfig, ServerPaused, load_config
+from bot.i18n import Message, Money, Text, _t
 from bot.jobs import ACTIVE_STATES, Outcome
 from bot.store import (
     _ID,
@@ -111,7 +112,14 @@ def to_usd(micros: int) -> float:
 
 
 def format_usd(usd: float) -> str:
+    """English dollars for logs; user text uses `money(usd)`."""
     return f"${max(usd, 0.0):,.2f}"
+
+
+def money(usd: float) -> Money:
+    """An amount for user text, as the bot has always shown it: whole cents, never negative
+    (so float sums such as 0.1 + 0.2 do not show their last digits)."""
+    return Money(round(max(usd, 0.0), 2))
 
 
 def estimate_usd(
@@ -131,6 +139,11 @@ def estimate_usd(
 def discord_time(moment: datetime) -> str:
     """A Discord timestamp that each reader sees in their own zone, relative ("in 5 hours")."""
     return f"<t:{int(moment.timestamp())}:R>"
+
+
+def unix_time(moment: datetime) -> int:
+    """The value of a `<t:{ts}:R>` placeholder (the markup itself stays in the message)."""
+    return int(moment.timestamp())
 
 
 def day_start(now: datetime) -> datetime:
@@ -161,7 +174,13 @@ class LimitReached(InputRejected):
     """The estimate does not fit a spending limit."""
 
     def __init__(
-        self, *, limit: str, label: str, left_usd: float, estimate_usd: float, resets_at: datetime
+        self,
+        *,
+        limit: str,
+        label: Message,
+        left_usd: float,
+        estimate_usd: float,
+        resets_at: datetime,
     ) -> None:
         self.limit = limit
         self.label = label
@@ -169,19 +188,57 @@ class LimitReached(InputRejected):
         self.estimate_usd = estimate_usd
         self.resets_at = resets_at
         super().__init__(
-            f"This video would cost about {format_usd(estimate_usd)}, but {label} has "
-            f"{format_usd(left_usd)} left. It resets {discord_time(resets_at)} "
-            "(days and months run on UTC). Nothing was spent."
+            _limit_refusal(limit, money(estimate_usd), money(left_usd), unix_time(resets_at))
         )
 
 
+def _limit_refusal(limit: str, estimate: Money, left: Money, resets: int) -> Text:
+    # One whole sentence per limit: translators need the sentence, not a noun to slot in.
+    if limit == "member_daily":
+        return _t(
+            "This video would cost about {estimate}, but your daily allowance has {left} "
+            "left. It resets <t:{resets}:R> (days and months run on UTC). Nothing was spent.",
+            estimate=estimate,
+            left=left,
+            resets=resets,
+        )
+    if limit == "member_monthly":
+        return _t(
+            "This video would cost about {estimate}, but your monthly allowance has {left} "
+            "left. It resets <t:{resets}:R> (days and months run on UTC). Nothing was spent.",
+            estimate=estimate,
+            left=left,
+            resets=resets,
+        )
+    if limit == "guild_monthly":
+        return _t(
+            "This video would cost about {estimate}, but this server's monthly budget has "
+            "{left} left. It resets <t:{resets}:R> (days and months run on UTC). "
+            "Nothing was spent.",
+            estimate=estimate,
+            left=left,
+            resets=resets,
+        )
+    return _t(
+        "This video would cost about {estimate}, but the bot's monthly budget has {left} "
+        "left. It resets <t:{resets}:R> (days and months run on UTC). Nothing was spent.",
+        estimate=estimate,
+        left=left,
+        resets=resets,
+    )
+
+
 class PriceUnknown(InputRejected):
-    def __init__(self, model_label: str, resolution: str) -> None:
+    def __init__(self, model_label: Message, resolution: Message) -> None:
         self.model_label = model_label
         super().__init__(
-            f"The bot does not know what {model_label} at {resolution} costs, and spending "
-            "limits are on, so it cannot be used here. Choose another model, or ask the bot's "
-            "owner to set its price (MODEL_PRICES). Nothing was spent."
+            _t(
+                "The bot does not know what {model} at {resolution} costs, and spending "
+                "limits are on, so it cannot be used here. Choose another model, or ask the "
+                "bot's owner to set its price (MODEL_PRICES). Nothing was spent.",
+                model=model_label,
+                resolution=resolution,
+            )
         )
 
 
@@ -189,8 +246,12 @@ class CooldownActive(InputRejected):
     def __init__(self, ready_at: datetime, cooldown_seconds: int) -> None:
         self.ready_at = ready_at
         super().__init__(
-            f"Please wait {cooldown_seconds} s between videos; you can start the next one "
-            f"{discord_time(ready_at)}. Nothing was spent."
+            _t(
+                "Please wait {seconds} s between videos; you can start the next one "
+                "<t:{ready}:R>. Nothing was spent.",
+                seconds=cooldown_seconds,
+                ready=unix_time(ready_at),
+            )
         )
 
 
@@ -198,8 +259,11 @@ class SubmissionsPaused(InputRejected):
     def __init__(self, until: datetime) -> None:
         self.until = until
         super().__init__(
-            "The bot's video service account is out of credits, so new videos are paused "
-            f"until {discord_time(until)}. Videos already being made will still arrive."
+            _t(
+                "The bot's video service account is out of credits, so new videos are paused "
+                "until <t:{until}:R>. Videos already being made will still arrive.",
+                until=unix_time(until),
+            )
         )
 
 
@@ -222,8 +286,8 @@ class LimitStatus:
 
     key: str
     """member_daily, member_monthly, guild_monthly or bot_monthly."""
-    label: str
-    """Plain words: "your daily allowance", "this server's monthly budget", …"""
+    label: Message
+    """Plain words: "your daily allowance", "this server's monthly budget", … (translatable)."""
     limit_usd: float
     """0: no limit."""
     spent_usd: float
@@ -291,7 +355,7 @@ class Spending:
         estimate_usd: float | None,
         now: datetime,
         role_ids: Collection[int] = (),
-        model_label: str = "this model",
+        model_label: Message | None = None,
         resolution: str = "",
         job_id: int | None = None,
         note: str | None = None,
@@ -344,7 +408,10 @@ class Spending:
             if max_active > 0 and figures.active_jobs + figures.pending >= max_active:
                 raise TooManyActiveJobs(max_active)
             if estimate_usd is None and any(limit > 0 for limit in limits.values()):
-                raise PriceUnknown(model_label, resolution or "this resolution")
+                raise PriceUnknown(
+                    model_label if model_label is not None else _t("this model"),
+                    resolution or _t("this resolution"),
+                )
             _check_fits(_statuses(figures, limits, now), amount)
             row = {
                 "kind": LedgerKind.RESERVE,
@@ -790,11 +857,11 @@ def _money_limits(config: GuildConfig, role_ids: Collection[int]) -> dict[str, f
     return limits
 
 
-_LABELS = {
-    "member_daily": "your daily allowance",
-    "member_monthly": "your monthly allowance",
-    "guild_monthly": "this server's monthly budget",
-    "bot_monthly": "the bot's monthly budget",
+_LABELS: dict[str, Message] = {
+    "member_daily": _t("your daily allowance"),
+    "member_monthly": _t("your monthly allowance"),
+    "guild_monthly": _t("this server's monthly budget"),
+    "bot_monthly": _t("the bot's monthly budget"),
 }
 
 

@@ -18,6 +18,7 @@ from bot.admission import Admission, Requester
 from bot.config import Settings
 from bot.errors import ProviderServerError, ProviderValidationError, TooManyActiveJobs
 from bot.guild_settings import BotDefaults, GuildSettings
+from bot.i18n import Message
 from bot.jobs import Job
 from bot.model_health import ModelHealth, ModelUnavailable, rejects_model
 from bot.provider import ProviderClient, RetryPolicy
@@ -38,8 +39,8 @@ async def _no_sleep(_: float) -> None:
 
 
 class _Notices(list[str]):
-    async def append_async(self, text: str) -> None:
-        self.append(text)
+    async def append_async(self, text: Message) -> None:
+        self.append(str(text))  # English
 
 
 notices = _Notices()

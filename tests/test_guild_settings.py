@@ -15,6 +15,7 @@ from alembic import command
 from sqlalchemy.engine import Connection
 
 from bot.guild_settings import BotDefaults, GuildSettings, SettingRejected, build_config
+from bot.i18n import render
 from bot.store import JobStore, alembic_config, create_store_engine, upgrade_database
 
 NOW = datetime(2025, 3, 14, 15, 0, tzinfo=UTC)
@@ -34,6 +35,11 @@ DEFAULTS = BotDefaults(
 )
 
 
+def en(value: object) -> str:
+    """A message or value as an English reader sees it."""
+    return render(value, "en")
+
+
 @pytest.fixture
 def settings(store: JobStore) -> GuildSettings:
     return GuildSettings(store.engine, DEFAULTS)
@@ -45,8 +51,9 @@ async def test_a_new_server_has_the_bot_defaults(settings: GuildSettings) -> Non
     assert config.guild_monthly_usd.value == 50.0
     assert config.default_model.value == "openai/sora-2-pro-i2v"
     assert (config.paused, config.log_channel_id, config.role_limits) == (False, None, ())
-    assert all("bot default" in line for line in config.lines()[:9])
-    assert "$100.00" in "\n".join(config.lines())  # the bot budget is shown, not changeable
+    assert all("bot default" in en(line) for line in config.lines()[:9])
+    # The bot budget is shown, not changeable.
+    assert "$100.00" in "\n".join(map(en, config.lines()))
 
 
 async def test_a_change_is_the_servers_own_and_described_for_the_audit_line(
@@ -56,14 +63,14 @@ async def test_a_change_is_the_servers_own_and_described_for_the_audit_line(
         GUILD, {"member_daily_usd": 5, "max_active": 0}, actor_id=ADMIN, now=NOW
     )
 
-    assert [c.describe() for c in changes] == [
+    assert [en(c.describe()) for c in changes] == [
         f"<@{ADMIN}> changed the member daily allowance from $3.00 (bot default) to $5.00.",
         f"<@{ADMIN}> changed unfinished videos per member from 3 (bot default) to no limit.",
     ]
     config = await settings.get(GUILD)
     assert config.member_daily_usd.value == 5.0 and config.member_daily_usd.own
     assert config.max_active.value == 0 and config.max_active.own
-    assert "member daily allowance: $5.00 (this server)" in config.lines()[0]
+    assert "member daily allowance: $5.00 (this server)" in en(config.lines()[0])
     # Another server is untouched.
     assert not (await settings.get(GUILD + 1)).member_daily_usd.own
 
@@ -75,7 +82,7 @@ async def test_a_negative_value_returns_to_the_bot_default(settings: GuildSettin
     changes = await settings.update(
         GUILD, {"guild_monthly_usd": -1, "cooldown_seconds": -5}, actor_id=ADMIN, now=NOW
     )
-    assert [(c.before, c.after) for c in changes] == [
+    assert [(en(c.before), en(c.after)) for c in changes] == [
         ("$10.00", "$50.00 (bot default)"),
         ("none", "30 s (bot default)"),
     ]
@@ -104,8 +111,8 @@ async def test_bad_values_are_refused_in_one_line_and_change_nothing(
     with pytest.raises(SettingRejected) as refused:
         # A good value alongside a bad one is not applied either.
         await settings.update(GUILD, {**changes, "confirm_above_usd": 1}, actor_id=ADMIN, now=NOW)
-    assert words in refused.value.reason
-    assert "\n" not in refused.value.reason
+    assert words in en(refused.value.reason)
+    assert "\n" not in en(refused.value.reason)
     assert await settings.get(GUILD) == before
 
 
@@ -130,7 +137,7 @@ async def test_defaults_follow_the_model(settings: GuildSettings) -> None:
     changes = await settings.update(
         GUILD, {"default_model": "openai/sora-2-i2v"}, actor_id=ADMIN, now=NOW
     )
-    assert [c.setting for c in changes] == [
+    assert [en(c.setting) for c in changes] == [
         "the default model",
         "the default resolution",
         "the default duration",
@@ -143,7 +150,10 @@ async def test_pause_and_log_channel(settings: GuildSettings) -> None:
     changes = await settings.update(
         GUILD, {"paused": True, "log_channel_id": CHANNEL_A}, actor_id=ADMIN, now=NOW
     )
-    assert [(c.before, c.after) for c in changes] == [("no", "yes"), ("none", f"<#{CHANNEL_A}>")]
+    assert [(en(c.before), en(c.after)) for c in changes] == [
+        ("no", "yes"),
+        ("none", f"<#{CHANNEL_A}>"),
+    ]
     config = await settings.get(GUILD)
     assert config.paused and config.log_channel_id == CHANNEL_A
     await settings.update(GUILD, {"paused": False, "log_channel_id": None}, actor_id=ADMIN, now=NOW)
@@ -155,14 +165,14 @@ async def test_setting_the_same_value_says_so(settings: GuildSettings) -> None:
     await settings.update(GUILD, {"member_daily_usd": 5}, actor_id=ADMIN, now=NOW)
     (change,) = await settings.update(GUILD, {"member_daily_usd": 5.0}, actor_id=ADMIN, now=NOW)
     assert not change.changed
-    assert change.describe() == f"<@{ADMIN}> left the member daily allowance at $5.00."
+    assert en(change.describe()) == f"<@{ADMIN}> left the member daily allowance at $5.00."
 
 
 async def test_role_limits_most_generous_and_removal(settings: GuildSettings) -> None:
     change = await settings.set_role_limit(
         GUILD, ROLE_A, member_daily_usd=5, member_monthly_usd=None, actor_id=ADMIN, now=NOW
     )
-    assert change.describe() == (
+    assert en(change.describe()) == (
         f"<@{ADMIN}> changed the allowance of <@&{ROLE_A}> from none to "
         "daily $5.00, monthly server's."
     )
@@ -180,7 +190,7 @@ async def test_role_limits_most_generous_and_removal(settings: GuildSettings) ->
             actor_id=ADMIN, now=NOW,
         )  # fmt: skip
     removed = await settings.remove_role_limit(GUILD, ROLE_A, actor_id=ADMIN)
-    assert removed.after == "none" and removed.before.startswith("daily $5.00")
+    assert en(removed.after) == "none" and en(removed.before).startswith("daily $5.00")
     assert (await settings.get(GUILD)).allowance([ROLE_A]) == (3.0, 20.0)
 
 
@@ -189,14 +199,14 @@ async def test_access_by_channel_and_role(settings: GuildSettings) -> None:
     assert config.access.refusal(channel_ids=[CHANNEL_B], role_ids=[]) is None  # open by default
 
     change = await settings.set_access(GUILD, "channel", CHANNEL_A, allowed=True, actor_id=ADMIN)
-    assert (change.before, change.after) == ("every channel", f"<#{CHANNEL_A}>")
+    assert (en(change.before), en(change.after)) == ("every channel", f"<#{CHANNEL_A}>")
     await settings.set_access(GUILD, "role", ROLE_A, allowed=True, actor_id=ADMIN)
     access = (await settings.get(GUILD)).access
 
     refusal = access.refusal(channel_ids=[CHANNEL_B], role_ids=[ROLE_A])
-    assert refusal is not None and f"<#{CHANNEL_A}>" in refusal
+    assert refusal is not None and f"<#{CHANNEL_A}>" in en(refusal)
     refusal = access.refusal(channel_ids=[CHANNEL_A], role_ids=[ROLE_B])
-    assert refusal is not None and f"<@&{ROLE_A}>" in refusal
+    assert refusal is not None and f"<@&{ROLE_A}>" in en(refusal)
     assert access.refusal(channel_ids=[CHANNEL_A], role_ids=[ROLE_A]) is None
     # In a thread, its parent channel counts.
     assert access.refusal(channel_ids=[THREAD, CHANNEL_A], role_ids=[ROLE_A]) is None
@@ -210,7 +220,7 @@ async def test_access_by_channel_and_role(settings: GuildSettings) -> None:
 
     await settings.set_access(GUILD, "channel", CHANNEL_A, allowed=False, actor_id=ADMIN)
     cleared = await settings.clear_access(GUILD, "role", actor_id=ADMIN)
-    assert (cleared.before, cleared.after) == (f"<@&{ROLE_A}>", "everyone")
+    assert (en(cleared.before), en(cleared.after)) == (f"<@&{ROLE_A}>", "everyone")
     assert (await settings.get(GUILD)).access.refusal(channel_ids=[CHANNEL_B], role_ids=[]) is None
 
 
@@ -235,8 +245,8 @@ async def test_concurrent_changes_each_see_the_previous_value(settings: GuildSet
         )
     )
     # Every change saw the one before it: the befores and afters form one chain.
-    befores = sorted(c.before for (c,) in results)
-    afters = sorted(c.after for (c,) in results)
+    befores = sorted(en(c.before) for (c,) in results)
+    afters = sorted(en(c.after) for (c,) in results)
     assert len(set(afters)) == 10
     assert len(set(befores) - set(afters)) == 1  # only the bot default is not someone's after
 
