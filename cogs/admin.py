@@ -19,14 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.catalog import CATALOG
 from bot.errors import BotError, InputRejected, user_message
 from bot.guild_settings import AccessKind, AccessLists, GuildConfig, SettingChange
+from bot.i18n import Message, _t, _tn, join, render
 from bot.model_health import ModelHealth
-from bot.spending import discord_time, format_usd, next_month
+from bot.spending import money, next_month, unix_time
 from cogs.audit import post_audit, post_to_channel
+from cogs.language import for_member, member_language
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -37,7 +40,6 @@ log = logging.getLogger(__name__)
 
 MESSAGE_LIMIT = 2000
 TOP_SPENDERS = 10
-_UTC_NOTE = "Days and months run on UTC."
 
 _RESOLUTIONS = sorted(
     {r for spec in CATALOG.values() for r in spec.resolutions}, key=lambda r: int(r.rstrip("pPk"))
@@ -58,6 +60,10 @@ _LOG_TYPES = (discord.ChannelType.text, discord.ChannelType.news)
 
 class NotServerAdmin(app_commands.CheckFailure):
     """The invoking member lacks Manage Server (Discord's own gate can be overridden)."""
+
+    def __init__(self, reason: Message) -> None:
+        self.reason = reason
+        super().__init__(str(reason))
 
 
 class _ChannelOption(app_commands.Transformer):
@@ -85,27 +91,40 @@ LogChannelOption = app_commands.Transform[
 ]
 
 
-def _clip(lines: Iterable[str], limit: int = MESSAGE_LIMIT) -> str:
-    """Join lines, dropping whole lines from the end (with a note) to fit one message."""
+def _clip(lines: Iterable[Message], language: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Render and join lines, dropping whole lines from the end (with a note) to fit one
+    message."""
     out: list[str] = []
     total = 0
-    collected = list(lines)
+    collected = [render(line, language) for line in lines]
     for index, line in enumerate(collected):
         if total + len(line) + 1 > limit - 40:
-            out.append(f"… and {len(collected) - index} more line(s).")
+            more = len(collected) - index
+            out.append(
+                render(_tn("… and {count} more line.", "… and {count} more lines.", more), language)
+            )
             break
         out.append(line)
         total += len(line) + 1
     return "\n".join(out)
 
 
-def _change_lines(changes: Iterable[SettingChange]) -> list[str]:
-    lines = []
+def _change_lines(changes: Iterable[SettingChange]) -> list[Message]:
+    lines: list[Message] = []
     for change in changes:
         if change.changed:
-            lines.append(f"• {change.setting}: {change.before} → {change.after}")
+            lines.append(
+                _t(
+                    "• {setting}: {before} → {after}",
+                    setting=change.setting,
+                    before=change.before,
+                    after=change.after,
+                )
+            )
         else:
-            lines.append(f"• {change.setting}: already {change.after}")
+            lines.append(
+                _t("• {setting}: already {after}", setting=change.setting, after=change.after)
+            )
     return lines
 
 
@@ -126,19 +145,21 @@ def _live_config(config: GuildConfig, guild: discord.Guild | None) -> GuildConfi
     )
 
 
-def _access_lines(config: GuildConfig) -> list[str]:
+def _access_lines(config: GuildConfig) -> list[Message]:
     channels = ", ".join(f"<#{c}>" for c in sorted(config.access.channel_ids))
     roles = ", ".join(f"<@&{r}>" for r in sorted(config.access.role_ids))
     return [
-        f"/animate works in: {channels or 'every channel'}",
-        f"/animate is for: {roles or 'everyone'}",
+        _t("/animate works in: {channels}", channels=channels or _t("every channel")),
+        _t("/animate is for: {roles}", roles=roles or _t("everyone")),
     ]
 
 
 class Admin(commands.Cog):
     admin = app_commands.Group(
-        name="animate-admin",
-        description="Server settings for /animate: limits, access, defaults, pause, log",
+        name=locale_str("animate-admin"),
+        description=locale_str(
+            "Server settings for /animate: limits, access, defaults, pause, log"
+        ),
         guild_only=True,
         default_permissions=discord.Permissions(manage_guild=True),
     )
@@ -158,14 +179,19 @@ class Admin(commands.Cog):
             permissions.manage_guild or permissions.administrator
         ):
             raise NotServerAdmin(
-                "Only members with the **Manage Server** permission can change /animate's "
-                "settings here."
+                _t(
+                    "Only members with the **Manage Server** permission can change /animate's "
+                    "settings here."
+                )
             )
         return True
 
     # --- show ------------------------------------------------------------------------------
 
-    @admin.command(name="show", description="Every /animate setting in force in this server")
+    @admin.command(
+        name=locale_str("show"),
+        description=locale_str("Every /animate setting in force in this server"),
+    )
     async def show(self, interaction: discord.Interaction[AnimateBot]) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         guild_id = _guild_id(interaction)
@@ -173,28 +199,49 @@ class Admin(commands.Cog):
         usage = await self.bot.spending.usage(
             requester_id=interaction.user.id, guild_id=guild_id, now=self._now()
         )
-        spent = format_usd(usage.guild_month_usd or 0.0)
-        lines = ["**/animate in this server**"]
-        lines += [f"• {line}" for line in config.lines()]
+        lines: list[Message] = [_t("**/animate in this server**")]
+        lines += ["• " + line for line in config.lines()]
         off = await ModelHealth(self.bot.store).unavailable(now=self._now())
         for model, until in sorted(off.items()):
             spec = CATALOG.get(model)
             label = spec.label if spec is not None else model
-            again = f"<t:{int(until.timestamp())}:R>"
-            lines.append(f"• {label} is unavailable at the video service (tried again {again})")
-        lines.append(f"This server has spent {spent} this month. 0 means no limit. {_UTC_NOTE}")
-        await _reply(interaction, _clip(lines))
+            lines.append(
+                _t(
+                    "• {model} is unavailable at the video service (tried again <t:{until}:R>)",
+                    model=label,
+                    until=unix_time(until),
+                )
+            )
+        lines.append(
+            _t(
+                "This server has spent {spent} this month. 0 means no limit. Days and months "
+                "run on UTC.",
+                spent=money(usage.guild_month_usd or 0.0),
+            )
+        )
+        await _reply(interaction, _clip(lines, member_language(interaction)))
 
     # --- limits ----------------------------------------------------------------------------
 
-    @admin.command(name="limits", description="Money and usage limits (0: none; negative: default)")
+    @admin.command(
+        name=locale_str("limits"),
+        description=locale_str("Money and usage limits (0: none; negative: default)"),
+    )
+    @app_commands.rename(
+        member_daily_usd=locale_str("member_daily_usd"),
+        member_monthly_usd=locale_str("member_monthly_usd"),
+        server_monthly_usd=locale_str("server_monthly_usd"),
+        confirm_above_usd=locale_str("confirm_above_usd"),
+        max_active=locale_str("max_active"),
+        cooldown_seconds=locale_str("cooldown_seconds"),
+    )
     @app_commands.describe(
-        member_daily_usd="Each member's spend per UTC day, in US dollars",
-        member_monthly_usd="Each member's spend per UTC month, in US dollars",
-        server_monthly_usd="This server's total spend per UTC month, in US dollars",
-        confirm_above_usd="Ask the member to confirm videos estimated at or above this",
-        max_active="Unfinished videos per member at a time",
-        cooldown_seconds="Seconds a member waits between requests",
+        member_daily_usd=locale_str("Each member's spend per UTC day, in US dollars"),
+        member_monthly_usd=locale_str("Each member's spend per UTC month, in US dollars"),
+        server_monthly_usd=locale_str("This server's total spend per UTC month, in US dollars"),
+        confirm_above_usd=locale_str("Ask the member to confirm videos estimated at or above this"),
+        max_active=locale_str("Unfinished videos per member at a time"),
+        cooldown_seconds=locale_str("Seconds a member waits between requests"),
     )
     async def limits(
         self,
@@ -218,20 +265,35 @@ class Admin(commands.Cog):
         if not changes:
             await _reply(
                 interaction,
-                "Give at least one limit to change (0: no limit; a negative number: back to "
-                "the bot's default). `/animate-admin show` lists them all.",
+                _t(
+                    "Give at least one limit to change (0: no limit; a negative number: back to "
+                    "the bot's default). `/animate-admin show` lists them all."
+                ),
             )
             return
         await self._update(interaction, changes)
 
     # --- role allowances -------------------------------------------------------------------
 
-    @admin.command(name="role-limit", description="A role's own allowance (members get the best)")
+    @admin.command(
+        name=locale_str("role-limit"),
+        description=locale_str("A role's own allowance (members get the best)"),
+    )
+    @app_commands.rename(
+        role=locale_str("role"),
+        member_daily_usd=locale_str("member_daily_usd"),
+        member_monthly_usd=locale_str("member_monthly_usd"),
+        remove=locale_str("remove"),
+    )
     @app_commands.describe(
-        role="The role",
-        member_daily_usd="Daily allowance for members with this role (negative: the server's)",
-        member_monthly_usd="Monthly allowance for members with this role (negative: the server's)",
-        remove="Remove this role's allowance",
+        role=locale_str("The role"),
+        member_daily_usd=locale_str(
+            "Daily allowance for members with this role (negative: the server's)"
+        ),
+        member_monthly_usd=locale_str(
+            "Monthly allowance for members with this role (negative: the server's)"
+        ),
+        remove=locale_str("Remove this role's allowance"),
     )
     async def role_limit(
         self,
@@ -252,7 +314,7 @@ class Admin(commands.Cog):
         else:
             if member_daily_usd is None and member_monthly_usd is None:
                 raise InputRejected(
-                    "Give member_daily_usd and/or member_monthly_usd, or remove:True."
+                    _t("Give member_daily_usd and/or member_monthly_usd, or remove:True.")
                 )
             current = next(
                 (r for r in (await settings.get(guild_id)).role_limits if r.role_id == role.id),
@@ -277,19 +339,27 @@ class Admin(commands.Cog):
 
     # --- access ----------------------------------------------------------------------------
 
-    @admin.command(name="access", description="Limit /animate to some channels or roles")
+    @admin.command(
+        name=locale_str("access"),
+        description=locale_str("Limit /animate to some channels or roles"),
+    )
+    @app_commands.rename(
+        action=locale_str("action"), channel=locale_str("channel"), role=locale_str("role")
+    )
     @app_commands.describe(
-        action="What to do (show: the current lists)",
-        channel="A channel to add or remove (threads follow their channel)",
-        role="A role to add or remove",
+        action=locale_str("What to do (show: the current lists)"),
+        channel=locale_str("A channel to add or remove (threads follow their channel)"),
+        role=locale_str("A role to add or remove"),
     )
     @app_commands.choices(
         action=[
-            app_commands.Choice(name="show", value="show"),
-            app_commands.Choice(name="add", value="add"),
-            app_commands.Choice(name="remove", value="remove"),
-            app_commands.Choice(name="clear channels (every channel)", value="clear-channels"),
-            app_commands.Choice(name="clear roles (everyone)", value="clear-roles"),
+            app_commands.Choice(name=locale_str("show"), value="show"),
+            app_commands.Choice(name=locale_str("add"), value="add"),
+            app_commands.Choice(name=locale_str("remove"), value="remove"),
+            app_commands.Choice(
+                name=locale_str("clear channels (every channel)"), value="clear-channels"
+            ),
+            app_commands.Choice(name=locale_str("clear roles (everyone)"), value="clear-roles"),
         ]
     )
     async def access(
@@ -306,14 +376,18 @@ class Admin(commands.Cog):
         changes: list[SettingChange] = []
         if action in ("add", "remove"):
             if channel is None and role is None:
-                raise InputRejected(f"Give a channel and/or a role to {action}.")
+                raise InputRejected(
+                    _t("Give a channel and/or a role to add.")
+                    if action == "add"
+                    else _t("Give a channel and/or a role to remove.")
+                )
             targets: list[tuple[AccessKind, int]] = []
             if channel is not None:
                 targets.append(("channel", _check_channel(interaction, channel).id))
             if role is not None:
                 if role.is_default():
                     raise InputRejected(
-                        "@everyone is everyone already; use `clear roles` to let everyone in."
+                        _t("@everyone is everyone already; use `clear roles` to let everyone in.")
                     )
                 targets.append(("role", _check_role(interaction, role).id))
             for kind, target in targets:
@@ -327,21 +401,29 @@ class Admin(commands.Cog):
             changes.append(await settings.clear_access(guild_id, cleared, actor_id=actor))
         config = _live_config(await settings.get(guild_id), interaction.guild)
         lines = _change_lines(changes) + _access_lines(config)
-        await _reply(interaction, _clip(lines))
+        await _reply(interaction, _clip(lines, member_language(interaction)))
         await self._audit(guild_id, changes)
 
     # --- defaults --------------------------------------------------------------------------
 
-    @admin.command(name="defaults", description="This server's default model, resolution, length")
+    @admin.command(
+        name=locale_str("defaults"),
+        description=locale_str("This server's default model, resolution, length"),
+    )
+    @app_commands.rename(
+        model=locale_str("model"),
+        resolution=locale_str("resolution"),
+        duration=locale_str("duration"),
+    )
     @app_commands.describe(
-        model="Model used when a member picks none",
-        resolution="Resolution used when a member picks none",
-        duration="Seconds, when a member picks none (0: the bot's default)",
+        model=locale_str("Model used when a member picks none"),
+        resolution=locale_str("Resolution used when a member picks none"),
+        duration=locale_str("Seconds, when a member picks none (0: the bot's default)"),
     )
     @app_commands.choices(
-        model=[app_commands.Choice(name="bot default", value=_BOT_DEFAULT)]
+        model=[app_commands.Choice(name=locale_str("bot default"), value=_BOT_DEFAULT)]
         + [app_commands.Choice(name=spec.label, value=spec.id) for spec in CATALOG.values()],
-        resolution=[app_commands.Choice(name="bot default", value=_BOT_DEFAULT)]
+        resolution=[app_commands.Choice(name=locale_str("bot default"), value=_BOT_DEFAULT)]
         + [app_commands.Choice(name=r, value=r) for r in _RESOLUTIONS],
     )
     async def defaults(
@@ -360,31 +442,41 @@ class Admin(commands.Cog):
             # 0 and negatives: back to the default (no model makes 0-second videos).
             changes["default_duration"] = None if duration <= 0 else duration
         if not changes:
-            await _reply(interaction, "Give a model, a resolution and/or a duration.")
+            await _reply(interaction, _t("Give a model, a resolution and/or a duration."))
             return
         await self._update(interaction, changes)
 
     # --- pause -----------------------------------------------------------------------------
 
-    @admin.command(name="pause", description="Stop new /animate requests in this server")
+    @admin.command(
+        name=locale_str("pause"),
+        description=locale_str("Stop new /animate requests in this server"),
+    )
     async def pause(self, interaction: discord.Interaction[AnimateBot]) -> None:
         await self._update(
             interaction,
             {"paused": True},
-            note="New /animate requests are paused here; videos already being made will "
-            "still arrive. `/animate-admin resume` undoes it.",
+            note=_t(
+                "New /animate requests are paused here; videos already being made will "
+                "still arrive. `/animate-admin resume` undoes it."
+            ),
         )
 
-    @admin.command(name="resume", description="Accept /animate requests again")
+    @admin.command(
+        name=locale_str("resume"), description=locale_str("Accept /animate requests again")
+    )
     async def resume(self, interaction: discord.Interaction[AnimateBot]) -> None:
         await self._update(
-            interaction, {"paused": False}, note="/animate accepts requests here again."
+            interaction, {"paused": False}, note=_t("/animate accepts requests here again.")
         )
 
     # --- usage -----------------------------------------------------------------------------
 
-    @admin.command(name="usage", description="Spend of one member, or the top spenders")
-    @app_commands.describe(member="Whose spend to show (leave out: the top spenders)")
+    @admin.command(
+        name=locale_str("usage"), description=locale_str("Spend of one member, or the top spenders")
+    )
+    @app_commands.rename(member=locale_str("member"))
+    @app_commands.describe(member=locale_str("Whose spend to show (leave out: the top spenders)"))
     async def usage(
         self,
         interaction: discord.Interaction[AnimateBot],
@@ -403,43 +495,76 @@ class Admin(commands.Cog):
                 role_ids=[r.id for r in member.roles],
             )
             allowance = {s.key: s for s in statuses}
-            lines = [
-                f"{member.mention} has used {format_usd(usage.member_today_usd)} today and "
-                f"{format_usd(usage.member_month_usd)} this month (videos in progress included)."
+            lines: list[Message] = [
+                _t(
+                    "<@{member}> has used {today} today and {month} this month (videos in "
+                    "progress included).",
+                    member=member.id,
+                    today=money(usage.member_today_usd),
+                    month=money(usage.member_month_usd),
+                )
             ]
-            for key, period in (("member_daily", "daily"), ("member_monthly", "monthly")):
-                status = allowance.get(key)
-                if status is None or status.left_usd is None:
-                    lines.append(f"Their {period} allowance: no limit.")
-                else:
-                    lines.append(
-                        f"Their {period} allowance: {format_usd(status.left_usd)} left of "
-                        f"{format_usd(status.limit_usd)}, resets {discord_time(status.resets_at)}."
+            daily, monthly = allowance.get("member_daily"), allowance.get("member_monthly")
+            if daily is None or daily.left_usd is None:
+                lines.append(_t("Their daily allowance: no limit."))
+            else:
+                lines.append(
+                    _t(
+                        "Their daily allowance: {left} left of {limit}, resets <t:{resets}:R>.",
+                        left=money(daily.left_usd),
+                        limit=money(daily.limit_usd),
+                        resets=unix_time(daily.resets_at),
                     )
+                )
+            if monthly is None or monthly.left_usd is None:
+                lines.append(_t("Their monthly allowance: no limit."))
+            else:
+                lines.append(
+                    _t(
+                        "Their monthly allowance: {left} left of {limit}, resets <t:{resets}:R>.",
+                        left=money(monthly.left_usd),
+                        limit=money(monthly.limit_usd),
+                        resets=unix_time(monthly.resets_at),
+                    )
+                )
         else:
             top = await spending.top_spenders(guild_id=guild_id, now=now, limit=TOP_SPENDERS)
             usage = await spending.usage(
                 requester_id=interaction.user.id, guild_id=guild_id, now=now
             )
             lines = [
-                f"This server has spent {format_usd(usage.guild_month_usd or 0.0)} this month "
-                f"(resets {discord_time(next_month(now))})."
+                _t(
+                    "This server has spent {spent} this month (resets <t:{resets}:R>).",
+                    spent=money(usage.guild_month_usd or 0.0),
+                    resets=unix_time(next_month(now)),
+                )
             ]
             if top:
-                lines.append("Top spenders this month:")
+                lines.append(_t("Top spenders this month:"))
                 lines += [
-                    f"{rank}. <@{member_id}> {format_usd(usd)}"
+                    _t(
+                        "{rank}. <@{member}> {amount}",
+                        rank=rank,
+                        member=member_id,
+                        amount=money(usd),
+                    )
                     for rank, (member_id, usd) in enumerate(top, start=1)
                 ]
             else:
-                lines.append("Nobody has spent anything this month.")
-        lines.append(_UTC_NOTE)
-        await _reply(interaction, _clip(lines))
+                lines.append(_t("Nobody has spent anything this month."))
+        lines.append(_t("Days and months run on UTC."))
+        await _reply(interaction, _clip(lines, member_language(interaction)))
 
     # --- log channel -----------------------------------------------------------------------
 
-    @admin.command(name="log-channel", description="Where audit lines go (leave out: turn off)")
-    @app_commands.describe(channel="A text channel for audit lines; leave out to turn them off")
+    @admin.command(
+        name=locale_str("log-channel"),
+        description=locale_str("Where audit lines go (leave out: turn off)"),
+    )
+    @app_commands.rename(channel=locale_str("channel"))
+    @app_commands.describe(
+        channel=locale_str("A text channel for audit lines; leave out to turn them off")
+    )
     async def log_channel(
         self,
         interaction: discord.Interaction[AnimateBot],
@@ -451,13 +576,17 @@ class Admin(commands.Cog):
         if channel is not None:
             target = _check_channel(interaction, channel)
             if not isinstance(target, discord.TextChannel):
-                raise InputRejected("The log channel must be a text channel.")
+                raise InputRejected(_t("The log channel must be a text channel."))
             missing = _missing_to_post(target)
             if missing:
+                # Permission names as Discord shows them (Discord's own words).
                 raise InputRejected(
-                    f"I can't post in {target.mention}: I'm missing the "
-                    + ", ".join(f"**{m}**" for m in missing)
-                    + " permission there. Grant it, or choose another channel."
+                    _t(
+                        "I can't post in <#{channel}>: I'm missing the {permissions} permission "
+                        "there. Grant it, or choose another channel.",
+                        channel=target.id,
+                        permissions=", ".join(f"**{m}**" for m in missing),
+                    )
                 )
             new_id = target.id
         before = await self.bot.guild_settings.get(guild_id)
@@ -465,16 +594,16 @@ class Admin(commands.Cog):
             guild_id, {"log_channel_id": new_id}, actor_id=interaction.user.id, now=self._now()
         )
         note = (
-            f"Audit lines now go to <#{new_id}>; they never ping anyone."
+            _t("Audit lines now go to <#{channel}>; they never ping anyone.", channel=new_id)
             if new_id is not None
-            else "Audit lines are off."
+            else _t("Audit lines are off.")
         )
-        await _reply(interaction, "\n".join([note, *_change_lines(changes)]))
+        await _reply(interaction, join([note, *_change_lines(changes)], "\n"))
         old_id = before.log_channel_id
         if old_id is not None and old_id != new_id:
             # The channel that stops receiving lines records where they went.
             await post_to_channel(
-                self.bot, guild_id, old_id, "\n".join(c.describe() for c in changes if c.changed)
+                self.bot, guild_id, old_id, join([c.describe() for c in changes if c.changed], "\n")
             )
         await self._audit(guild_id, changes)
 
@@ -485,7 +614,7 @@ class Admin(commands.Cog):
         interaction: discord.Interaction[AnimateBot],
         changes: Mapping[str, object],
         *,
-        note: str | None = None,
+        note: Message | None = None,
     ) -> None:
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
@@ -501,18 +630,21 @@ class Admin(commands.Cog):
         guild_id: int,
         changes: list[SettingChange],
         *,
-        note: str | None = None,
+        note: Message | None = None,
     ) -> None:
         lines = _change_lines(changes)
         if note is not None:
             lines.append(note)
-        await _reply(interaction, _clip(lines or ["Nothing changed."]))
+        await _reply(
+            interaction, _clip(lines or [_t("Nothing changed.")], member_language(interaction))
+        )
         await self._audit(guild_id, changes)
 
     async def _audit(self, guild_id: int, changes: Iterable[SettingChange]) -> None:
-        text = "\n".join(change.describe() for change in changes if change.changed)
-        if text:
-            await post_audit(self.bot, guild_id, text)
+        # Rendered by post_audit in the server's own language.
+        described = [change.describe() for change in changes if change.changed]
+        if described:
+            await post_audit(self.bot, guild_id, join(described, "\n"))
 
     # --- deleted channels and roles drop out -----------------------------------------------
 
@@ -547,7 +679,7 @@ class Admin(commands.Cog):
                 interaction.user.id,
                 interaction.guild_id,
             )
-            text = str(cause)
+            text: Message = cause.reason
         elif isinstance(cause, InputRejected):
             text = user_message(cause)
         elif isinstance(cause, BotError):
@@ -572,7 +704,7 @@ class Admin(commands.Cog):
 
 def _guild_id(interaction: discord.Interaction[AnimateBot]) -> int:
     if interaction.guild_id is None:  # guild_only; Discord never sends it elsewhere
-        raise InputRejected("This command works only in a server.")
+        raise InputRejected(_t("This command works only in a server."))
     return interaction.guild_id
 
 
@@ -581,7 +713,7 @@ def _check_role(interaction: discord.Interaction[AnimateBot], role: discord.Role
     guild = interaction.guild
     live = guild.get_role(role.id) if guild is not None else None
     if live is None:
-        raise InputRejected("That role is not one of this server's roles. Nothing was changed.")
+        raise InputRejected(_t("That role is not one of this server's roles. Nothing was changed."))
     return live
 
 
@@ -593,7 +725,7 @@ def _check_channel(
     live = guild.get_channel(channel.id) if guild is not None else None
     if live is None:
         raise InputRejected(
-            "That channel is not one of this server's channels. Nothing was changed."
+            _t("That channel is not one of this server's channels. Nothing was changed.")
         )
     return live
 
@@ -609,8 +741,10 @@ def _missing_to_post(channel: discord.TextChannel) -> list[str]:
     return [label for attr, label in _POST_NEEDS.items() if not getattr(permissions, attr)]
 
 
-async def _reply(interaction: discord.Interaction[AnimateBot], text: str) -> None:
-    """A private reply that pings nobody (after a defer: fills the 'thinking' message)."""
+async def _reply(interaction: discord.Interaction[AnimateBot], message: Message) -> None:
+    """A private reply in the member's language that pings nobody (after a defer: fills the
+    'thinking' message)."""
+    text = for_member(interaction, message)
     if interaction.response.is_done():
         await interaction.followup.send(
             text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()

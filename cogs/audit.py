@@ -3,10 +3,11 @@
 Not a cog: two functions other code awaits. They never raise, so a missing, deleted or
 read-only log channel can never break the command or job that caused the line, and they never
 ping anyone (`AllowedMentions.none()`): a line names members with mentions only so Discord
-shows their names.
+shows their names. A line is a `Message`, rendered in each server's preferred language (a plain
+`str` is posted as it is).
 
-    await post_audit(bot, guild_id, "<@1> changed the member daily allowance from … to ….")
-    await post_audit_everywhere(bot, "The bot's video service account is out of credits …")
+    await post_audit(bot, guild_id, change.describe())
+    await post_audit_everywhere(bot, _t("The bot's video service account is out of credits …"))
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import logging
 from typing import TYPE_CHECKING
 
 import discord
+
+from bot.i18n import Message, render
+from cogs.language import guild_language
 
 if TYPE_CHECKING:
     from bot.discord_bot import AnimateBot
@@ -25,8 +29,9 @@ MESSAGE_LIMIT = 2000
 UNKNOWN_CHANNEL = 10003
 
 
-async def post_audit(bot: AnimateBot, guild_id: int, text: str) -> None:
-    """Post `text` in the server's log channel, if it has one. Never raises."""
+async def post_audit(bot: AnimateBot, guild_id: int, text: Message) -> None:
+    """Post `text` in the server's log channel, in the server's language, if it has one.
+    Never raises."""
     try:
         config = await bot.guild_settings.get(guild_id)
     except Exception:
@@ -36,9 +41,9 @@ async def post_audit(bot: AnimateBot, guild_id: int, text: str) -> None:
         await post_to_channel(bot, guild_id, config.log_channel_id, text)
 
 
-async def post_audit_everywhere(bot: AnimateBot, text: str) -> None:
-    """Post `text` in the log channel of every server that has one (bot-wide notices).
-    Never raises."""
+async def post_audit_everywhere(bot: AnimateBot, text: Message) -> None:
+    """Post `text` in the log channel of every server that has one (bot-wide notices), each
+    in its own language. Never raises."""
     try:
         channels = await bot.guild_settings.log_channels()
     except Exception:
@@ -49,12 +54,16 @@ async def post_audit_everywhere(bot: AnimateBot, text: str) -> None:
         await post_to_channel(bot, guild_id, channel_id, text)
 
 
-async def post_to_channel(bot: AnimateBot, guild_id: int, channel_id: int, text: str) -> bool:
-    """Post one audit line in a given channel (say, the log channel an admin just replaced).
+async def post_to_channel(
+    bot: AnimateBot, guild_id: int, channel_id: int, message: Message
+) -> bool:
+    """Post one audit line in a given channel (say, the log channel an admin just replaced),
+    in the server's preferred language.
 
     True when posted. A log channel that no longer exists is forgotten, so the next lines do
     not try it again; any other failure is logged and ignored.
     """
+    text = render(message, _language(bot, guild_id))
     if len(text) > MESSAGE_LIMIT:
         text = text[: MESSAGE_LIMIT - 1] + "…"
     # A partial channel: no cache needed (another process may own the guild's shard).
@@ -86,6 +95,15 @@ async def post_to_channel(bot: AnimateBot, guild_id: int, channel_id: int, text:
         )
         return False
     return True
+
+
+def _language(bot: AnimateBot, guild_id: int) -> str:
+    # A server this process does not see (another shard's): its language is unknown here.
+    try:
+        return guild_language(bot.get_guild(guild_id))
+    except Exception:
+        log.warning("language of guild %s unknown; audit line in English", guild_id)
+        return guild_language(None)
 
 
 async def _forget_channel(bot: AnimateBot, guild_id: int, channel_id: int) -> None:

@@ -174,7 +174,7 @@ async def test_nan_cannot_come_from_discord_and_is_refused_by_the_settings(
             actor_id=server.admin_id,
             now=server.now(),
         )
-    assert "\n" not in user_message(refused.value)
+    assert "\n" not in str(user_message(refused.value))
     assert not (await server.bot.guild_settings.get(server.env.guild_id)).member_daily_usd.own
 
 
