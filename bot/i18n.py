@@ -90,9 +90,15 @@ class Money:
 
     def render(self, language: str) -> str:
         # The language's own pattern ("$0.40", "0,40 $"); amounts under a cent keep their digits.
-        return format_currency(
-            self.usd, "USD", locale=_babel_locale(language), decimal_quantization=False
-        )
+        try:
+            return format_currency(
+                self.usd, "USD", locale=_babel_locale(language), decimal_quantization=False
+            )
+        except ArithmeticError:  # beyond Babel's decimal precision: absurd, but never a crash
+            return f"${self.usd:g}"
+
+    def __str__(self) -> str:
+        return self.render(ENGLISH)
 
 
 @dataclass(frozen=True)
@@ -104,7 +110,13 @@ class Number:
 
     def render(self, language: str) -> str:
         pattern = "#,##0" + ("." + "0" * self.decimals if self.decimals else "")
-        return format_decimal(self.value, format=pattern, locale=_babel_locale(language))
+        try:
+            return format_decimal(self.value, format=pattern, locale=_babel_locale(language))
+        except ArithmeticError:
+            return f"{self.value:g}"
+
+    def __str__(self) -> str:
+        return self.render(ENGLISH)
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,9 @@ class Seconds:
             return format_list(units, style="unit-narrow", locale=locale)
         except (KeyError, ValueError):
             return " ".join(units)
+
+    def __str__(self) -> str:
+        return self.render(ENGLISH)
 
 
 @dataclass(frozen=True)

@@ -185,3 +185,10 @@ def test_stored_messages_are_rendered_later_in_the_readers_language() -> None:
     assert render(from_stored(stored), "de") == "Hello Ana, that is 1,50\xa0$. ok"
     # Text stored before translations existed is shown as it was.
     assert from_stored("The thread was deleted.") == "The thread was deleted."
+
+
+def test_absurd_values_still_render() -> None:
+    # Babel's decimal precision ends near 1e27; a hostile amount must not crash a reply.
+    assert render(Money(1e300), "de") == "$1e+300"
+    assert render(Number(1e40), "ja") == "1e+40"
+    assert str(Money(2.5)) == "$2.50"
