@@ -181,6 +181,8 @@ class FakeUser:
     global_name: str | None = None
     accepts_dms: bool = True
     """False: the bot's messages to this user's DM channel are refused (403, code 50007)."""
+    locale: str = "en-US"
+    """The language of the user's Discord client: an interaction's ``locale``."""
 
 
 @dataclass
@@ -212,6 +214,8 @@ class FakeGuild:
     bot_member: bool = True
     """False: a server that has not installed the bot, reached only through members' own
     installs (the bot gets no events from it and has no access to its channels)."""
+    preferred_locale: str = "en-US"
+    """The server's preferred language: ``preferred_locale``, an interaction's ``guild_locale``."""
 
 
 @dataclass

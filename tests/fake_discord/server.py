@@ -220,6 +220,19 @@ class FakeDiscord:
         """A user; it becomes a member of the guilds it is used in."""
         return self.world.add_user(name).id
 
+    def set_user_locale(self, user_id: int, locale: str) -> None:
+        """The language of a user's Discord client (``"de"``, ``"ja"``, ``"pt-BR"``): sent as
+        ``locale`` in that user's interactions from now on."""
+        self.world.user(user_id).locale = locale
+
+    def set_guild_locale(self, guild_id: int, locale: str) -> None:
+        """A server's preferred language: its ``preferred_locale`` (GUILD_UPDATE when the bot
+        is in it) and ``guild_locale`` in interactions there from now on."""
+        guild = self.world.guild(guild_id)
+        guild.preferred_locale = locale
+        if guild.bot_member:
+            self._schedule(self.gateway.dispatch("GUILD_UPDATE", self.world.guild_payload(guild)))
+
     def add_guild_member(self, guild_id: int, user_id: int) -> None:
         """Make a user a member of a guild now."""
         self.world.user(user_id)
@@ -902,7 +915,7 @@ class FakeDiscord:
             "channel_id": str(channel.id),
             "channel": channel_payload,
             "app_permissions": str(world.app_permissions(channel)),
-            "locale": "en-US",
+            "locale": world.user(user_id).locale,
             "entitlements": [],
             "entitlement_sku_ids": [],
             "attachment_size_limit": world.upload_limit(channel),
@@ -913,8 +926,8 @@ class FakeDiscord:
             member["permissions"] = str(world.member_permissions(channel, user_id))
             payload.update(
                 guild_id=str(guild_id),
-                guild={"id": str(guild_id), "locale": "en-US", "features": []},
-                guild_locale="en-US",
+                guild={"id": str(guild_id), "locale": guild.preferred_locale, "features": []},
+                guild_locale=guild.preferred_locale,
                 member=member,
                 authorizing_integration_owners=_integration_owners(
                     guild_id if guild.bot_member else None,

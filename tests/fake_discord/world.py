@@ -728,7 +728,7 @@ class World:
             "premium_tier": tier,
             "premium_subscription_count": 0,
             "premium_progress_bar_enabled": False,
-            "preferred_locale": "en-US",
+            "preferred_locale": guild.preferred_locale,
             "vanity_url_code": None,
             "features": [],
             "roles": self.roles_payload(guild),
