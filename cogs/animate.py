@@ -17,18 +17,20 @@ from typing import TYPE_CHECKING, cast
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands, tasks
 
 from bot.admission import Admission, Quote, Requester
 from bot.catalog import CATALOG
 from bot.errors import BotError, ImageRejected, InputRejected, user_message
+from bot.i18n import Message, Money, Number, _t, join, render
 from bot.imaging import FitMode, OrientationChoice
 from bot.jobs import Job
 from bot.model_health import ModelHealth
 from bot.service import AnimateRequest, Conversation, InteractionAnswer, JobService
-from bot.spending import format_usd
 from cogs.audit import post_audit, post_audit_everywhere
 from cogs.delivery import DiscordDelivery, first_frame_file, status_embed, thread_name
+from cogs.language import for_member, member_language, server_language
 from cogs.results import status_view
 
 if TYPE_CHECKING:
@@ -36,25 +38,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What the bot needs wherever /animate is used, with the names Discord shows in its settings.
+# What the bot needs wherever /animate is used, with the names Discord shows in its settings
+# (translated as Discord's client names them in each language).
 # Read Message History lets a restarted bot see that a video was already posted.
-NEEDED_EVERYWHERE = {
-    "view_channel": "View Channel",
-    "send_messages": "Send Messages",
-    "embed_links": "Embed Links",
-    "attach_files": "Attach Files",
-    "read_message_history": "Read Message History",
+NEEDED_EVERYWHERE: dict[str, Message] = {
+    "view_channel": _t("View Channel"),
+    "send_messages": _t("Send Messages"),
+    "embed_links": _t("Embed Links"),
+    "attach_files": _t("Attach Files"),
+    "read_message_history": _t("Read Message History"),
 }
-NEEDED_IN_THREADS = {
-    "view_channel": "View Channel",
-    "send_messages_in_threads": "Send Messages in Threads",
-    "embed_links": "Embed Links",
-    "attach_files": "Attach Files",
-    "read_message_history": "Read Message History",
+NEEDED_IN_THREADS: dict[str, Message] = {
+    "view_channel": _t("View Channel"),
+    "send_messages_in_threads": _t("Send Messages in Threads"),
+    "embed_links": _t("Embed Links"),
+    "attach_files": _t("Attach Files"),
+    "read_message_history": _t("Read Message History"),
 }
-NEEDED_FOR_NEW_THREADS = {
-    "create_public_threads": "Create Public Threads",
-    "send_messages_in_threads": "Send Messages in Threads",
+NEEDED_FOR_NEW_THREADS: dict[str, Message] = {
+    "create_public_threads": _t("Create Public Threads"),
+    "send_messages_in_threads": _t("Send Messages in Threads"),
 }
 # Content types that can never be an image; anything else (including none or a wrong image
 # type) is decided from the bytes.
@@ -69,16 +72,22 @@ _RESOLUTIONS = sorted(
 )
 
 
-def _missing(permissions: discord.Permissions, needed: dict[str, str]) -> list[str]:
+def _missing(permissions: discord.Permissions, needed: dict[str, Message]) -> list[Message]:
     return [label for attr, label in needed.items() if not getattr(permissions, attr)]
 
 
+def _bold_list(labels: list[Message]) -> Message:
+    return join([join(["**", label, "**"], separator="") for label in labels], separator=", ")
+
+
 class MissingPermissions(InputRejected):
-    def __init__(self, labels: list[str]) -> None:
+    def __init__(self, labels: list[Message]) -> None:
         super().__init__(
-            "I can't work in this channel: I'm missing the "
-            + ", ".join(f"**{label}**" for label in labels)
-            + " permission. Ask a server admin to grant it, or use /animate in another channel."
+            _t(
+                "I can't work in this channel: I'm missing the {permissions} permission. "
+                "Ask a server admin to grant it, or use /animate in another channel.",
+                permissions=_bold_list(labels),
+            )
         )
 
 
@@ -128,15 +137,44 @@ class Animate(commands.Cog):
     async def _audit_result(self, job: Job, what: str) -> None:
         if job.guild_id is None:
             return
-        refund = " (refunded)" if what == "failed" and self.bot.settings.refund_failed_jobs else ""
-        await post_audit(
-            self.bot,
-            job.guild_id,
-            f"Job {job.id} {what}{refund}: <@{job.requester_id}>, {job.model} {job.resolution}, "
-            f"{job.duration} s.",
+        if what == "failed" and self.bot.settings.refund_failed_jobs:
+            what = "failed (refunded)"
+        values: dict[str, object] = {
+            "job": job.id,
+            "user": job.requester_id,
+            "model": job.model,
+            "resolution": job.resolution,
+            "duration": job.duration,
+        }
+        # One whole sentence per outcome (translators need them whole); `what` is
+        # DiscordDelivery's word for what it posted.
+        lines: dict[str, Message] = {
+            "delivered": _t(
+                "Job {job} delivered: <@{user}>, {model} {resolution}, {duration} s.", **values
+            ),
+            "delivered (re-encoded)": _t(
+                "Job {job} delivered (re-encoded): <@{user}>, {model} {resolution}, {duration} s.",
+                **values,
+            ),
+            "delivered as a link": _t(
+                "Job {job} delivered as a link: <@{user}>, {model} {resolution}, {duration} s.",
+                **values,
+            ),
+            "failed": _t(
+                "Job {job} failed: <@{user}>, {model} {resolution}, {duration} s.", **values
+            ),
+            "failed (refunded)": _t(
+                "Job {job} failed (refunded): <@{user}>, {model} {resolution}, {duration} s.",
+                **values,
+            ),
+        }
+        line = lines.get(what) or (
+            f"Job {job.id} {what}: <@{job.requester_id}>, {job.model} {job.resolution}, "
+            f"{job.duration} s."
         )
+        await post_audit(self.bot, job.guild_id, line)
 
-    async def _announce_credits(self, text: str) -> None:
+    async def _announce_credits(self, text: Message) -> None:
         # Every server that has a log channel hears it once per pause.
         await post_audit_everywhere(self.bot, text)
 
@@ -191,33 +229,37 @@ class Animate(commands.Cog):
     async def _wait_until_ready(self) -> None:
         await self.bot.wait_until_ready()
 
-    @app_commands.command(name="animate", description="Turn a picture into a short video")
+    @app_commands.command(
+        name=locale_str("animate"), description=locale_str("Turn a picture into a short video")
+    )
     # Also installable to a member's account and usable in DMs, group DMs and servers without
     # the bot; there it answers through the interaction (see _answers_through_interaction).
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
     @app_commands.describe(
-        image=(
+        image=locale_str(
             "The picture to animate (JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF); "
             "it becomes the first frame"
         ),
-        prompt="What should happen in the video",
-        duration="Length in seconds (depends on the model; Sora 2: 4, 8 or 12)",
-        orientation="Landscape or portrait; auto follows the picture",
-        resolution="Output resolution (depends on the model)",
-        model="Which video model to use",
-        end_image="Optional: where the video should end (models that take a last frame)",
-        fit="crop: fill the frame and trim edges; pad: keep the whole picture",
+        prompt=locale_str("What should happen in the video"),
+        duration=locale_str("Length in seconds (depends on the model; Sora 2: 4, 8 or 12)"),
+        orientation=locale_str("Landscape or portrait; auto follows the picture"),
+        resolution=locale_str("Output resolution (depends on the model)"),
+        model=locale_str("Which video model to use"),
+        end_image=locale_str(
+            "Optional: where the video should end (models that take a last frame)"
+        ),
+        fit=locale_str("crop: fill the frame and trim edges; pad: keep the whole picture"),
     )
     @app_commands.choices(
         orientation=[
-            app_commands.Choice(name="auto (follow the picture)", value="auto"),
-            app_commands.Choice(name="landscape 16:9", value="landscape"),
-            app_commands.Choice(name="portrait 9:16", value="portrait"),
+            app_commands.Choice(name=locale_str("auto (follow the picture)"), value="auto"),
+            app_commands.Choice(name=locale_str("landscape 16:9"), value="landscape"),
+            app_commands.Choice(name=locale_str("portrait 9:16"), value="portrait"),
         ],
         fit=[
-            app_commands.Choice(name="crop to fill", value="crop"),
-            app_commands.Choice(name="pad (keep everything)", value="pad"),
+            app_commands.Choice(name=locale_str("crop to fill"), value="crop"),
+            app_commands.Choice(name=locale_str("pad (keep everything)"), value="pad"),
         ],
         resolution=[app_commands.Choice(name=r, value=r) for r in _RESOLUTIONS],
         model=[app_commands.Choice(name=spec.label, value=spec.id) for spec in CATALOG.values()],
@@ -278,10 +320,11 @@ class Animate(commands.Cog):
         model: str | None,
         duration: int | None,
         resolution: str | None,
-        note: str = "",
+        note: Message = "",
     ) -> None:
         """Every way of starting a job (command, buttons, modals, context menu) after it has
-        acknowledged the interaction privately: checks, quote, confirm if costly, then admit."""
+        acknowledged the interaction privately: checks, quote, confirm if costly, then admit.
+        The job's languages are those of `interaction` (the member who started it, where)."""
         self._check_permissions(interaction)
         requester = _requester(interaction)
         quote = await self.admission.quote(
@@ -293,22 +336,33 @@ class Animate(commands.Cog):
             has_end_image=params.end_image is not None,
         )
         if not quote.needs_confirmation:
-            text = await self._admit(interaction, requester, quote, params)
+            text = for_member(
+                interaction, join([note, await self._admit(interaction, requester, quote, params)])
+            )
             if _answers_through_interaction(interaction):
                 # The first reply already holds the note about 15 minutes; it becomes this.
-                await interaction.edit_original_response(content=f"{note}{text}")
+                await interaction.edit_original_response(content=text)
             else:
-                await interaction.followup.send(f"{note}{text}", ephemeral=True)
+                await interaction.followup.send(text, ephemeral=True)
             return
         view = ConfirmView(self, interaction, requester, quote, params)
-        prompt_text = (
-            f"{note}This video will cost about **{format_usd(quote.estimate_usd or 0.0)}** "
-            f"({quote.spec.label}, {quote.resolution}, {quote.duration} s). "
-            f"{quote.left_line()} Nothing is spent until you press Generate."
-        ).strip()
+        prompt: Message = join(
+            [
+                note,
+                _t(
+                    "This video will cost about **{cost}** ({model}, {resolution}, {duration} s).",
+                    cost=Money(quote.estimate_usd or 0.0),
+                    model=quote.spec.label,
+                    resolution=quote.resolution,
+                    duration=quote.duration,
+                ),
+                quote.left_line(),
+                _t("Nothing is spent until you press Generate."),
+            ]
+        )
         if _answers_through_interaction(interaction):
-            prompt_text += "\n" + interaction_note(None)
-        await interaction.followup.send(prompt_text, view=view, ephemeral=True)
+            prompt = join([prompt, interaction_note(None)], separator="\n")
+        await interaction.followup.send(for_member(interaction, prompt), view=view, ephemeral=True)
 
     def _check_permissions(self, interaction: discord.Interaction[AnimateBot]) -> None:
         in_thread = isinstance(interaction.channel, discord.Thread)
@@ -324,9 +378,12 @@ class Animate(commands.Cog):
         requester: Requester,
         quote: Quote,
         params: _Params,
-    ) -> str:
+        presser: discord.Interaction[AnimateBot] | None = None,
+    ) -> Message:
         """Spend and start: the one path every way of starting a job ends in. Returns the
-        private reply ("Started! …")."""
+        private reply ("Started! …"). The job's languages come from `presser` (Generate on a
+        confirmation) or else `interaction`: whoever started it, where they did."""
+        started_by = presser or interaction
         data = (
             params.image
             if isinstance(params.image, bytes)
@@ -348,8 +405,10 @@ class Animate(commands.Cog):
             already_fitted=params.already_fitted,
             end_image=end,
             answer_through=self._interaction_answer(interaction),
+            member_language=member_language(started_by),
+            public_language=server_language(started_by),
         )
-        announced: list[str] = []
+        announced: list[Message] = []
 
         async def announce(job: Job) -> Conversation:
             where, thread_id, status_id = await self._open_conversation(interaction, job)
@@ -360,14 +419,30 @@ class Animate(commands.Cog):
         # Cosmetic from here on: the job is paid for and will be delivered whatever happens.
         await self.service.refresh_status(self.delivery, job.id)
         if job.guild_id is not None:
-            cost = "price unknown" if quote.estimate_usd is None else format_usd(quote.estimate_usd)
+            values: dict[str, object] = {
+                "job": job.id,
+                "user": job.requester_id,
+                "model": quote.spec.label,
+                "resolution": job.resolution,
+                "duration": job.duration,
+            }
             await post_audit(
                 self.bot,
                 job.guild_id,
-                f"Job {job.id} accepted: <@{job.requester_id}>, {quote.spec.label} "
-                f"{job.resolution}, {job.duration} s, about {cost}.",
+                _t(
+                    "Job {job} accepted: <@{user}>, {model} {resolution}, {duration} s, "
+                    "price unknown.",
+                    **values,
+                )
+                if quote.estimate_usd is None
+                else _t(
+                    "Job {job} accepted: <@{user}>, {model} {resolution}, {duration} s, "
+                    "about {cost}.",
+                    cost=Money(quote.estimate_usd),
+                    **values,
+                ),
             )
-        return f"Started! {announced[0]}"
+        return join([_t("Started!"), announced[0]])
 
     def _interaction_answer(
         self, interaction: discord.Interaction[AnimateBot]
@@ -387,84 +462,102 @@ class Animate(commands.Cog):
         if attachment.size > limit:
             raise ImageRejected(
                 "too_large",
-                # Rounded up, so a file just over the limit never reads as equal to it.
-                f"The file is {math.ceil(attachment.size / 104_857.6) / 10:.1f} MB; "
-                f"the limit is {limit / 1_048_576:.0f} MB.",
+                _t(
+                    "The file is {size} MB; the limit is {limit} MB.",
+                    # Rounded up, so a file just over the limit never reads as equal to it.
+                    size=Number(math.ceil(attachment.size / 104_857.6) / 10, 1),
+                    limit=Number(limit / 1_048_576),
+                ),
             )
         content_type = (attachment.content_type or "").lower()
         if content_type.startswith(_NOT_IMAGE_PREFIXES):
             raise ImageRejected(
                 "not_image",
-                f"“{attachment.filename}” is not a picture. "
-                "Attach a JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF image.",
+                _t(
+                    "“{file}” is not a picture. Attach a JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF "
+                    "image.",
+                    file=attachment.filename,
+                ),
             )
         return await attachment.read()
 
     async def _open_conversation(
         self, interaction: discord.Interaction[AnimateBot], job: Job
-    ) -> tuple[str, int | None, int]:
+    ) -> tuple[Message, int | None, int]:
         """Post the public status message and open a thread on it where possible.
 
-        Returns (where to look, thread id or None, status message id).
+        Returns (where to look, for the member; thread id or None; status message id).
+        The status is in the job's public language, what the member is told in theirs.
         """
         if _answers_through_interaction(interaction):
             return await self._open_through_interaction(interaction, job)
         channel = interaction.channel
         if not isinstance(channel, discord.abc.Messageable):
-            raise InputRejected("I can't post in this kind of channel. Try a text channel.")
-        note = None
+            raise InputRejected(_t("I can't post in this kind of channel. Try a text channel."))
+        public = job.language_for_delivery()
+        note: Message = ""
         can_thread = interaction.guild_id is not None and not isinstance(channel, discord.Thread)
         if can_thread:
             missing = _missing(interaction.app_permissions, NEEDED_FOR_NEW_THREADS)
             if missing:
                 can_thread = False
-                note = (
-                    "I can't open a thread here (missing "
-                    + ", ".join(missing)
-                    + "), so results will be posted in this channel."
+                note = _t(
+                    "I can't open a thread here (missing {permissions}), so results will be "
+                    "posted in this channel.",
+                    permissions=join(missing, separator=", "),
                 )
         elif interaction.guild_id is None:
-            note = "Direct messages have no threads, so the video will be posted right here."
+            note = _t("Direct messages have no threads, so the video will be posted right here.")
         status = await channel.send(
-            note or "",
+            render(note, public),
             embed=status_embed(job),
             file=first_frame_file(job.image_data or b""),
             view=status_view(job),
             allowed_mentions=discord.AllowedMentions.none(),
         )
+        in_channel = _t("Your video will be posted in this channel.")
         if isinstance(channel, discord.Thread):
-            return f"Follow along in {channel.mention}.", None, status.id
+            return _t("Follow along in {thread}.", thread=channel.mention), None, status.id
         if not can_thread:
-            return "Your video will be posted in this channel.", None, status.id
+            return in_channel, None, status.id
         try:
             thread = await status.create_thread(
-                name=thread_name(job.prompt), auto_archive_duration=1440
+                name=thread_name(job.prompt, public), auto_archive_duration=1440
             )
         except discord.HTTPException as exc:
-            reason = (
-                "no permission to create threads"
-                if isinstance(exc, discord.Forbidden)
-                else "this channel does not allow threads"
-            )
+            forbidden = isinstance(exc, discord.Forbidden)
             log.info(
-                "no thread for interaction %s: %s (HTTP %s)", interaction.id, reason, exc.status
+                "no thread for interaction %s: %s (HTTP %s)",
+                interaction.id,
+                "no permission" if forbidden else "threads not allowed",
+                exc.status,
             )
-            await status.edit(
-                content=f"I couldn't open a thread here ({reason}), "
-                "so results will be posted in this channel."
+            why = (
+                _t(
+                    "I couldn't open a thread here (no permission to create threads), so "
+                    "results will be posted in this channel."
+                )
+                if forbidden
+                else _t(
+                    "I couldn't open a thread here (this channel does not allow threads), so "
+                    "results will be posted in this channel."
+                )
             )
-            return "Your video will be posted in this channel.", None, status.id
-        return f"Follow along in {thread.mention}.", thread.id, status.id
+            await status.edit(content=render(why, public))
+            return in_channel, None, status.id
+        return _t("Follow along in {thread}.", thread=thread.mention), thread.id, status.id
 
     async def _open_through_interaction(
         self, interaction: discord.Interaction[AnimateBot], job: Job
-    ) -> tuple[str, int | None, int]:
+    ) -> tuple[Message, int | None, int]:
         """Where the bot cannot post (a user install): the status is the interaction's own
         follow-up, and nothing can reach the member there after 15 minutes, so say so now."""
-        where = "The video will be posted here. " + interaction_note(job.id)
+        where = join([_t("The video will be posted here."), interaction_note(job.id)])
         # Fills the "thinking…" reply first, so the status below is a public follow-up of its
         # own rather than the edit of that private reply.
-        await interaction.edit_original_response(content=f"Starting… {where}")
+        await interaction.edit_original_response(
+            content=for_member(interaction, join([_t("Starting…"), where]))
+        )
         status = await interaction.followup.send(
             embed=status_embed(job),
             file=first_frame_file(job.image_data or b""),
@@ -495,9 +588,10 @@ class Animate(commands.Cog):
                 interaction.guild_id,
                 cause.code,
             )
-            text = (
+            text: Message = _t(
                 "Discord did not let me post here. Ask a server admin to check my permissions "
-                "in this channel (" + ", ".join(NEEDED_EVERYWHERE.values()) + ")."
+                "in this channel ({permissions}).",
+                permissions=join(NEEDED_EVERYWHERE.values(), separator=", "),
             )
         elif isinstance(cause, BotError):
             text = user_message(cause)
@@ -517,11 +611,12 @@ class Animate(commands.Cog):
                 interaction.guild_id,
                 exc_info=cause,
             )
+        words = for_member(interaction, text)
         try:
             if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
+                await interaction.followup.send(words, ephemeral=True)
             else:
-                await interaction.response.send_message(text, ephemeral=True)
+                await interaction.response.send_message(words, ephemeral=True)
         except (discord.HTTPException, ValueError):
             log.warning(
                 "could not tell user %s about the failure (interaction %s)",
@@ -553,13 +648,19 @@ def _answers_through_interaction(interaction: discord.Interaction[AnimateBot]) -
     return interaction.guild_id is not None and not interaction.is_guild_integration()
 
 
-def interaction_note(job_id: int | None) -> str:
+def interaction_note(job_id: int | None) -> Message:
     """Said up front: after 15 minutes nothing can reach the member where they asked."""
-    show = f"`/show {job_id}`" if job_id is not None else "`/show` with the job number"
-    return (
+    if job_id is None:
+        return _t(
+            "I'm not a member here, so I answer through this command, which Discord allows for "
+            "15 minutes. A video that takes longer is sent to you by DM; if your DMs are closed, "
+            "use `/show` with the job number in a DM with me to get it."
+        )
+    return _t(
         "I'm not a member here, so I answer through this command, which Discord allows for "
         "15 minutes. A video that takes longer is sent to you by DM; if your DMs are closed, "
-        f"use {show} in a DM with me to get it."
+        "use `/show {job}` in a DM with me to get it.",
+        job=job_id,
     )
 
 
@@ -611,22 +712,26 @@ class ConfirmView(discord.ui.View):
         self.quote = quote
         self.params = params
         self._decided = False
+        # A private prompt: its buttons in the member's language.
+        self.generate.label = for_member(origin, _t("Generate"))
+        self.cancel.label = for_member(origin, _t("Cancel"))
 
     async def interaction_check(self, interaction: discord.Interaction[AnimateBot]) -> bool:  # type: ignore[override]
         if interaction.user.id == self.requester.user_id:
             return True
         await interaction.response.send_message(
-            "Only the member who asked for this video can confirm it.", ephemeral=True
+            for_member(interaction, _t("Only the member who asked for this video can confirm it.")),
+            ephemeral=True,
         )
         return False
 
-    async def _close(self, interaction: discord.Interaction[AnimateBot], text: str) -> None:
+    async def _close(self, interaction: discord.Interaction[AnimateBot], text: Message) -> None:
         self._decided = True
         self.stop()
         for item in self.children:
             if isinstance(item, discord.ui.Button):
                 item.disabled = True
-        await interaction.response.edit_message(content=text, view=self)
+        await interaction.response.edit_message(content=for_member(interaction, text), view=self)
 
     @discord.ui.button(label="Generate", style=discord.ButtonStyle.success)
     async def generate(
@@ -634,15 +739,19 @@ class ConfirmView(discord.ui.View):
     ) -> None:
         if self._decided:
             return
-        await self._close(interaction, "Starting…")
+        await self._close(interaction, _t("Starting…"))
         with self.cog._command_running():
             try:
-                text = await self.cog._admit(self.origin, self.requester, self.quote, self.params)
+                text = await self.cog._admit(
+                    self.origin, self.requester, self.quote, self.params, presser=interaction
+                )
             except Exception as exc:
-                await interaction.edit_original_response(content="Not started.")
+                await interaction.edit_original_response(
+                    content=for_member(interaction, _t("Not started."))
+                )
                 await self.cog.explain(interaction, exc)
                 return
-        await interaction.edit_original_response(content=text)
+        await interaction.edit_original_response(content=for_member(interaction, text))
 
     @discord.ui.button(label="Cancel", style=discord.ButtonStyle.secondary)
     async def cancel(
@@ -650,7 +759,7 @@ class ConfirmView(discord.ui.View):
     ) -> None:
         if self._decided:
             return
-        await self._close(interaction, "Cancelled. Nothing was spent.")
+        await self._close(interaction, _t("Cancelled. Nothing was spent."))
 
     async def on_timeout(self) -> None:
         if self._decided:
@@ -661,7 +770,10 @@ class ConfirmView(discord.ui.View):
                 item.disabled = True
         try:
             await self.origin.edit_original_response(
-                content="This request expired before it was confirmed. Nothing was spent.",
+                content=for_member(
+                    self.origin,
+                    _t("This request expired before it was confirmed. Nothing was spent."),
+                ),
                 view=self,
             )
         except discord.HTTPException:

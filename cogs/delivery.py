@@ -17,10 +17,11 @@ from typing import Any
 import discord
 
 from bot.catalog import CATALOG
+from bot.i18n import Message, Money, _t, from_stored, join, render
 from bot.jobs import Job, JobState, Outcome
 from bot.provider import DownloadedVideo
 from bot.service import DestinationGone, UploadRejected
-from bot.timing import Eta, describe_seconds
+from bot.timing import Eta, about_seconds
 from cogs.results import result_view, status_view
 
 log = logging.getLogger(__name__)
@@ -35,13 +36,21 @@ _COLOURS = {
     "failed": discord.Colour.red(),
     "cancelled": discord.Colour.dark_grey(),
 }
-_TITLES = {
-    "queued": "⏳ Queued",
-    "generating": "🎬 Generating",
-    "posting": "📤 Posting the video",
-    "done": "✅ Done",
-    "failed": "⚠️ No video this time",
-    "cancelled": "✖️ Cancelled",
+_TITLES: dict[str, Message] = {
+    "queued": join(["⏳", _t("Queued")]),
+    "generating": join(["🎬", _t("Generating")]),
+    "posting": join(["📤", _t("Posting the video")]),
+    "done": join(["✅", _t("Done")]),
+    "failed": join(["⚠️", _t("No video this time")]),
+    "cancelled": join(["✖️", _t("Cancelled")]),
+}
+# The words for the job's settings (the values stored are these English keys).
+_SETTING_WORDS: dict[str, Message] = {
+    "auto": _t("auto"),
+    "landscape": _t("landscape"),
+    "portrait": _t("portrait"),
+    "crop": _t("crop"),
+    "pad": _t("pad"),
 }
 
 
@@ -60,10 +69,16 @@ def phase(job: Job) -> str:
     return "generating"
 
 
-def settings_line(job: Job) -> str:
+def settings_line(job: Job) -> Message:
     spec = CATALOG.get(job.model)
-    label = spec.label if spec else job.model
-    return f"{label} · {job.resolution} {job.orientation} · {job.duration} s · {job.fit}"
+    return _t(
+        "{model} · {resolution} {orientation} · {duration} s · {fit}",
+        model=spec.label if spec else job.model,
+        resolution=job.resolution,
+        orientation=_SETTING_WORDS.get(job.orientation, job.orientation),
+        duration=job.duration,
+        fit=_SETTING_WORDS.get(job.fit, job.fit),
+    )
 
 
 def _ts(moment: datetime, style: str = "R") -> str:
@@ -75,70 +90,86 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def eta_text(eta: Eta) -> str:
+def eta_text(eta: Eta) -> Message:
     """The honest ETA: the usual time for these settings, or that this one is slow."""
-    usual = describe_seconds(eta.usual_seconds)
+    # Rounded as much as a typical time deserves, rendered for the reader ("1 min 40 sec").
+    usual = about_seconds(eta.usual_seconds)
     if eta.overdue:
-        return f"Taking longer than usual (usually about {usual}); still checking."
-    return f"Usually ready in about {usual}, so expected {_ts(eta.expected_at)}."
+        return _t("Taking longer than usual (usually about {usual}); still checking.", usual=usual)
+    return _t(
+        "Usually ready in about {usual}, so expected {time}.",
+        usual=usual,
+        time=_ts(eta.expected_at),
+    )
 
 
 def status_embed(job: Job, eta: Eta | None = None) -> discord.Embed:
-    """`eta` (bot.timing.CompletionTimes.eta) is shown while the video is generating."""
+    """`eta` (bot.timing.CompletionTimes.eta) is shown while the video is generating. In the
+    language of the job's public messages (`Job.language_for_delivery`)."""
+    language = job.language_for_delivery()
+
+    def tr(message: object) -> str:
+        return render(message, language)
+
     current = phase(job)
     embed = discord.Embed(
-        title=_TITLES[current], description=_clip(job.prompt, 1000), colour=_COLOURS[current]
+        title=tr(_TITLES[current]), description=_clip(job.prompt, 1000), colour=_COLOURS[current]
     )
-    embed.add_field(name="Requested by", value=f"<@{job.requester_id}>", inline=True)
-    embed.add_field(name="Settings", value=settings_line(job), inline=True)
+    embed.add_field(name=tr(_t("Requested by")), value=f"<@{job.requester_id}>", inline=True)
+    embed.add_field(name=tr(_t("Settings")), value=tr(settings_line(job)), inline=True)
     if job.estimated_usd is not None:
-        embed.add_field(name="Estimated cost", value=f"${job.estimated_usd:.2f}", inline=True)
+        embed.add_field(
+            name=tr(_t("Estimated cost")), value=tr(Money(job.estimated_usd)), inline=True
+        )
+    status: Message | None = None
     if current == "queued":
-        note = (
-            "The video service is busy; the bot will keep trying."
+        waiting = (
+            _t("The video service is busy; the bot will keep trying.")
             if job.provider_status == "rate_limited"
-            else "Waiting for the video service."
+            else _t("Waiting for the video service.")
         )
-        embed.add_field(
-            name="Status", value=f"{note} Requested {_ts(job.created_at)}.", inline=False
-        )
+        status = join([waiting, _t("Requested {time}.", time=_ts(job.created_at))])
     elif current == "generating":
-        started = job.submitted_at or job.created_at
-        status = f"Generating, started {_ts(started)}."
-        if eta is not None:
-            status += " " + eta_text(eta)
-        embed.add_field(name="Status", value=status, inline=False)
+        started = _t("Generating, started {time}.", time=_ts(job.submitted_at or job.created_at))
+        status = join([started, eta_text(eta)]) if eta is not None else started
     elif current == "done":
-        embed.add_field(name="Status", value="Your video has been posted.", inline=False)
+        status = _t("Your video has been posted.")
     elif current == "failed":
-        embed.add_field(
-            name="Why", value=_clip(job.error_message or "Unknown reason.", 1000), inline=False
-        )
+        why = from_stored(job.error_message) or _t("Unknown reason.")
+        embed.add_field(name=tr(_t("Why")), value=_clip(tr(why), 1000), inline=False)
         if job.result_url is not None:
-            _add_link(embed, job.result_url)
+            _add_link(embed, job.result_url, language)
     elif current == "cancelled":
-        who = f"<@{job.cancelled_by}>" if job.cancelled_by is not None else "a member"
-        charge = (
-            "The video service already had it, so it may still be charged."
-            if job.provider_job_id is not None
-            else "It was never sent, so nothing was spent."
+        who = (
+            _t("Cancelled by <@{user}>.", user=job.cancelled_by)
+            if job.cancelled_by is not None
+            else _t("Cancelled by a member.")
         )
-        embed.add_field(name="Status", value=f"Cancelled by {who}. {charge}", inline=False)
-    if job.delivery_note:
-        embed.add_field(name="Note", value=_clip(job.delivery_note, 1000), inline=False)
+        charge = (
+            _t("The video service already had it, so it may still be charged.")
+            if job.provider_job_id is not None
+            else _t("It was never sent, so nothing was spent.")
+        )
+        status = join([who, charge])
+    if status is not None:
+        embed.add_field(name=tr(_t("Status")), value=tr(status), inline=False)
+    delivery_note = from_stored(job.delivery_note)
+    if delivery_note:
+        embed.add_field(name=tr(_t("Note")), value=_clip(tr(delivery_note), 1000), inline=False)
     embed.set_thumbnail(url=f"attachment://{FIRST_FRAME_FILENAME}")
-    embed.set_footer(text=f"Job {job.id}")
+    embed.set_footer(text=tr(_t("Job {job}", job=job.id)))
     return embed
 
 
-def thread_name(prompt: str) -> str:
-    name = " ".join(prompt.split()) or "Your video"
+def thread_name(prompt: str, language: str = "en") -> str:
+    name = " ".join(prompt.split()) or render(_t("Your video"), language)
     return _clip(name, 90)
 
 
-def result_footer(job: Job) -> str:
-    """Marks a result message so a restarted bot can see it was already posted."""
-    return f"Result of job {job.id}"
+def result_footer(job: Job, language: str | None = None) -> str:
+    """Marks a result message so a restarted bot can see it was already posted (also by its
+    Delete button's custom id, which no translation changes)."""
+    return render(_t("Result of job {job}", job=job.id), language or job.language_for_delivery())
 
 
 def requester_only(job: Job) -> discord.AllowedMentions:
@@ -153,36 +184,53 @@ EMBED_URL_LIMIT = 2048
 EMBED_DESCRIPTION_LIMIT = 4096
 
 
-def _add_link(embed: discord.Embed, url: str) -> None:
+def _add_link(embed: discord.Embed, url: str, language: str) -> None:
     """The provider's link in the embed, whatever its length (a field holds 1,024 characters)."""
     if len(url) <= EMBED_URL_LIMIT:
         embed.url = url  # the title becomes the link
         if embed.title is None:
-            embed.title = "▶️ Open the video"
-    link = f"[Open the video]({url})"
+            embed.title = "▶️ " + render(_t("Open the video"), language)
+    link = render(_t("[Open the video]({url})", url=url), language)
     if len(url) <= 1000:
-        embed.add_field(name="Link", value=link, inline=False)
+        embed.add_field(name=render(_t("Link"), language), value=link, inline=False)
     elif len(link) + len(embed.description or "") + 2 <= EMBED_DESCRIPTION_LIMIT:
         embed.description = f"{link}\n\n{embed.description or ''}".rstrip()
 
 
-def result_embed(job: Job, *, extra: str | None = None, link: str | None = None) -> discord.Embed:
+def result_embed(
+    job: Job,
+    *,
+    extra: Message | None = None,
+    link: str | None = None,
+    language: str | None = None,
+) -> discord.Embed:
+    """A result's embed, in the job's public language unless `language` says otherwise (/show
+    posts it where it is used)."""
+    language = language or job.language_for_delivery()
     embed = discord.Embed(description=_clip(job.prompt, 1500), colour=_COLOURS[phase(job)])
-    embed.add_field(name="Settings", value=settings_line(job), inline=False)
-    for note in (extra, job.delivery_note):
+    embed.add_field(
+        name=render(_t("Settings"), language),
+        value=render(settings_line(job), language),
+        inline=False,
+    )
+    for note in (extra, from_stored(job.delivery_note)):
         if note:
-            embed.add_field(name="Note", value=_clip(note, 1000), inline=False)
+            embed.add_field(
+                name=render(_t("Note"), language),
+                value=_clip(render(note, language), 1000),
+                inline=False,
+            )
     if link is not None:
-        _add_link(embed, link)
-    embed.set_footer(text=result_footer(job))
+        _add_link(embed, link, language)
+    embed.set_footer(text=result_footer(job, language))
     return embed
 
 
-def link_item(url: str) -> discord.ui.Button[Any] | None:
+def link_item(url: str, language: str) -> discord.ui.Button[Any] | None:
     """A button that opens the video, where Discord allows one (URLs up to 512 characters)."""
     if len(url) > BUTTON_URL_LIMIT:
         return None
-    return discord.ui.Button(label="Open the video", url=url)
+    return discord.ui.Button(label=render(_t("Open the video"), language), url=url)
 
 
 def jump_url(job: Job) -> str | None:
@@ -287,22 +335,28 @@ class DiscordDelivery:
             # a result from being posted twice.
             return None
         me = self.client.user
-        marker = result_footer(job)
+        # The footer as posted (in the job's language, or English from before translations),
+        # or the Delete button, whose custom id no translation changes.
+        markers = {result_footer(job), result_footer(job, "en")}
+        delete_id = f"animate:delete:{job.id}"
         destination = await self._destination(job)
         # Newest first: a result posted by a dead attempt is among the latest messages.
         async for message in destination.history(limit=200):
             if me is not None and message.author.id != me.id:
                 continue
-            if any(embed.footer.text == marker for embed in message.embeds):
+            if any(embed.footer.text in markers for embed in message.embeds):
+                return message.id
+            if any(_has_custom_id(row, delete_id) for row in message.components):
                 return message.id
         return None
 
-    def _greeting(self, job: Job, text: str) -> str:
+    def _greeting(self, job: Job, text: Message) -> str:
+        language = job.language_for_delivery()
         if job.delivery_target != "dm":
-            return f"<@{job.requester_id}> {text}"
+            return render(join([f"<@{job.requester_id}>", text]), language)
         where = jump_url(job)
-        origin = f" (you asked for it here: {where})" if where else ""
-        return f"{text}{origin}"
+        origin = _t("(you asked for it here: {url})", url=where) if where else ""
+        return render(join([text, origin]), language)
 
     async def _send(
         self,
@@ -319,7 +373,9 @@ class DiscordDelivery:
         mentions = requester_only(job)
         # Persistent buttons (Again, Edit prompt, Extend, Delete / Try again); a link button
         # first when the result is a link Discord allows on a button.
-        view = result_view(job, link=link_item(link) if link is not None else None)
+        view = result_view(
+            job, link=link_item(link, job.language_for_delivery()) if link is not None else None
+        )
         if job.delivery_target == "interaction":
             return await self._send_through_interaction(job, content, embed, file, view)
         try:
@@ -374,7 +430,12 @@ class DiscordDelivery:
         return message.id
 
     async def post_video(
-        self, job: Job, video: DownloadedVideo, *, note: str | None = None, link: str | None = None
+        self,
+        job: Job,
+        video: DownloadedVideo,
+        *,
+        note: Message | None = None,
+        link: str | None = None,
     ) -> int:
         if video.size > job.upload_limit_bytes:
             raise UploadRejected("larger than the upload limit")
@@ -382,7 +443,7 @@ class DiscordDelivery:
         try:
             message_id = await self._send(
                 job,
-                self._greeting(job, "your video is ready!"),
+                self._greeting(job, _t("your video is ready!")),
                 result_embed(job, extra=note, link=link),
                 file,
                 link=link,
@@ -394,25 +455,32 @@ class DiscordDelivery:
         await self._posted(job, "delivered" if note is None else "delivered (re-encoded)")
         return message_id
 
-    async def post_link(self, job: Job, url: str, reason: str) -> int:
+    async def post_link(self, job: Job, url: str, reason: Message) -> int:
         # The link goes in the embed and a button, never in the 2,000-character content.
         message_id = await self._send(
             job,
-            self._greeting(job, "your video is ready."),
+            self._greeting(job, _t("your video is ready.")),
             result_embed(job, extra=reason, link=url),
             link=url,
         )
         await self._posted(job, "delivered as a link")
         return message_id
 
-    async def post_failure(self, job: Job, reason: str) -> int:
+    async def post_failure(self, job: Job, reason: Message) -> int:
         message_id = await self._send(
             job,
-            self._greeting(job, "sorry, no video this time."),
-            result_embed(job, extra=_clip(reason, 1000)),
+            self._greeting(job, _t("sorry, no video this time.")),
+            result_embed(job, extra=reason),
         )
         await self._posted(job, "failed")
         return message_id
+
+
+def _has_custom_id(component: Any, wanted: str) -> bool:
+    """Whether a message component (an action row and what it holds) has custom id `wanted`."""
+    if getattr(component, "custom_id", None) == wanted:
+        return True
+    return any(_has_custom_id(child, wanted) for child in getattr(component, "children", ()))
 
 
 def first_frame_file(jpeg: bytes) -> discord.File:

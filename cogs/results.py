@@ -19,11 +19,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import discord
 from discord import app_commands
+from discord.app_commands import locale_str
 from discord.ext import commands
 
 from bot.catalog import CATALOG
 from bot.errors import InputRejected
+from bot.i18n import Message, Number, _t, _tn, render
 from bot.jobs import Job, JobState, Outcome
+from cogs.language import for_member, member_language, server_language
 
 if TYPE_CHECKING:
     from bot.discord_bot import AnimateBot
@@ -42,31 +45,32 @@ def _animate_cog(interaction: discord.Interaction[AnimateBot]) -> Animate:
     return cast("Animate", cog)
 
 
+_GONE = _t("That video's record no longer exists.")
+
+
 async def _job_or_explain(interaction: discord.Interaction[AnimateBot], job_id: int) -> Job | None:
     job = await interaction.client.store.get(job_id)
     if job is None:
-        await _say(interaction, "That video's record no longer exists.")
+        await _say(interaction, _GONE)
     return job
 
 
-async def _say(interaction: discord.Interaction[AnimateBot], text: str) -> None:
+async def _say(interaction: discord.Interaction[AnimateBot], text: Message) -> None:
+    """A private answer, in the presser's language."""
+    words = for_member(interaction, text)
     if interaction.response.is_done():
-        await interaction.followup.send(text, ephemeral=True)
+        await interaction.followup.send(words, ephemeral=True)
     else:
-        await interaction.response.send_message(text, ephemeral=True)
+        await interaction.response.send_message(words, ephemeral=True)
 
 
 async def _managed_job(
-    interaction: discord.Interaction[AnimateBot], job_id: int, verb: str
+    interaction: discord.Interaction[AnimateBot], job_id: int, refusal: Message
 ) -> Job | None:
-    """The job, if the presser may `verb` it (requester or Manage Messages); else says no."""
+    """The job, if the presser may act on it (requester or Manage Messages); else `refusal`."""
     job = await interaction.client.store.get(job_id)
     if job is None or not _may_manage(interaction, job):
-        await _say(
-            interaction,
-            "Only the member who asked for this video, or someone who can manage messages "
-            f"here, can {verb} it.",
-        )
+        await _say(interaction, refusal)
         return None
     return job
 
@@ -95,8 +99,11 @@ async def _start_like(
         days = interaction.client.settings.image_retention_days
         await _say(
             interaction,
-            f"The picture of this video is no longer kept (pictures are kept {days:g} days). "
-            "Run /animate with it again.",
+            _t(
+                "The picture of this video is no longer kept (pictures are kept {days} days). "
+                "Run /animate with it again.",
+                days=Number(days, 0 if float(days).is_integer() else 1),
+            ),
         )
         return
     params = _Params(
@@ -134,17 +141,18 @@ async def _run(interaction: discord.Interaction[AnimateBot], work: Any) -> None:
 class _JobButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"animate:base:(?P<job>[0-9]+)"
 ):
-    """A button whose custom id is `animate:<action>:<job id>`."""
+    """A button whose custom id is `animate:<action>:<job id>`; its label is in `language` (the
+    custom id never depends on it, so any label works after a restart)."""
 
     action = ""
-    label = ""
+    label: Message = ""
     style = discord.ButtonStyle.secondary
     emoji: str | None = None
 
-    def __init__(self, job_id: int) -> None:
+    def __init__(self, job_id: int, language: str = "en") -> None:
         super().__init__(
             discord.ui.Button(
-                label=self.label,
+                label=render(self.label, language),
                 style=self.style,
                 emoji=self.emoji,
                 custom_id=f"animate:{self.action}:{job_id}",
@@ -164,7 +172,7 @@ class _JobButton(
 
 
 class AgainButton(_JobButton, template=r"animate:again:(?P<job>[0-9]+)"):
-    action, label, emoji = "again", "Again", "🔁"
+    action, label, emoji = "again", _t("Again"), "🔁"
 
     async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -176,7 +184,7 @@ class AgainButton(_JobButton, template=r"animate:again:(?P<job>[0-9]+)"):
 class TryAgainButton(AgainButton, template=r"animate:retry:(?P<job>[0-9]+)"):
     """Again, on a failure message."""
 
-    action, label, emoji = "retry", "Try again", "🔁"
+    action, label, emoji = "retry", _t("Try again"), "🔁"
 
 
 class PromptModal(discord.ui.Modal):
@@ -186,15 +194,17 @@ class PromptModal(discord.ui.Modal):
     def __init__(
         self,
         *,
-        title: str,
+        title: Message,
         prompt: str,
         durations: tuple[int, ...],
         duration: int | None,
         on_submit: Any,
+        language: str,
     ) -> None:
-        super().__init__(title=title, timeout=15 * 60)
+        # Shown to the member who pressed: in their language.
+        super().__init__(title=render(title, language), timeout=15 * 60)
         self.prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
-            label="Prompt",
+            label=render(_t("Prompt"), language),
             custom_id="prompt",
             style=discord.TextStyle.paragraph,
             default=prompt[:2000] or None,
@@ -205,7 +215,9 @@ class PromptModal(discord.ui.Modal):
         self.duration: discord.ui.TextInput[PromptModal] | None = None
         if len(durations) > 1:
             self.duration = discord.ui.TextInput(
-                label=f"Seconds ({', '.join(map(str, durations))})",
+                label=render(
+                    _t("Seconds ({choices})", choices=", ".join(map(str, durations))), language
+                ),
                 custom_id="duration",
                 default=str(duration) if duration is not None else None,
                 required=False,
@@ -222,7 +234,10 @@ class PromptModal(discord.ui.Modal):
             if not raw.isdigit() or int(raw) not in self.durations:
                 await _say(
                     interaction,
-                    f"Seconds must be one of {', '.join(map(str, self.durations))}.",
+                    _t(
+                        "Seconds must be one of {choices}.",
+                        choices=", ".join(map(str, self.durations)),
+                    ),
                 )
                 return
             seconds = int(raw)
@@ -235,12 +250,12 @@ def _durations(job: Job) -> tuple[int, ...]:
 
 
 class EditPromptButton(_JobButton, template=r"animate:edit:(?P<job>[0-9]+)"):
-    action, label, emoji = "edit", "Edit prompt", "✏️"
+    action, label, emoji = "edit", _t("Edit prompt"), "✏️"
 
     async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
         job = await interaction.client.store.get(self.job_id)
         if job is None:
-            await _say(interaction, "That video's record no longer exists.")
+            await _say(interaction, _GONE)
             return
 
         async def submitted(
@@ -250,26 +265,34 @@ class EditPromptButton(_JobButton, template=r"animate:edit:(?P<job>[0-9]+)"):
 
         await interaction.response.send_modal(
             PromptModal(
-                title="Edit prompt",
+                title=_t("Edit prompt"),
                 prompt=job.prompt,
                 durations=_durations(job),
                 duration=job.duration,
                 on_submit=submitted,
+                language=member_language(interaction),
             )
         )
 
 
 class ExtendButton(_JobButton, template=r"animate:extend:(?P<job>[0-9]+)"):
-    action, label, emoji = "extend", "Extend", "⏩"
+    action, label, emoji = "extend", _t("Extend"), "⏩"
 
     async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
         job = await interaction.client.store.get(self.job_id)
         if job is None:
-            await _say(interaction, "That video's record no longer exists.")
+            await _say(interaction, _GONE)
             return
         limit = interaction.client.settings.max_extends
         if job.chain_length > limit:
-            await _say(interaction, f"This clip has been extended {limit} times, the most allowed.")
+            await _say(
+                interaction,
+                _tn(
+                    "This clip has been extended {count} time, the most allowed.",
+                    "This clip has been extended {count} times, the most allowed.",
+                    limit,
+                ),
+            )
             return
 
         async def submitted(
@@ -279,11 +302,12 @@ class ExtendButton(_JobButton, template=r"animate:extend:(?P<job>[0-9]+)"):
 
         await interaction.response.send_modal(
             PromptModal(
-                title="Extend this clip",
+                title=_t("Extend this clip"),
                 prompt=job.prompt,
                 durations=_durations(job),
                 duration=job.duration,
                 on_submit=submitted,
+                language=member_language(interaction),
             )
         )
 
@@ -297,14 +321,14 @@ async def _extend(
 
     video = await fetch_result_video(interaction.client, source)
     if video is None:
-        raise InputRejected("The video of this job is no longer available to extend.")
+        raise InputRejected(_t("The video of this job is no longer available to extend."))
     with tempfile.TemporaryDirectory(prefix=f"extend{source.id}-") as tmp:
         path = Path(tmp) / "clip.mp4"
         await asyncio.to_thread(path.write_bytes, video)
         try:
             frame = await asyncio.to_thread(last_frame_jpeg, path)
         except VideoError as exc:
-            raise InputRejected("The bot could not read that video to extend it.") from exc
+            raise InputRejected(_t("The bot could not read that video to extend it.")) from exc
     params = _Params(
         image=frame,
         prompt=prompt,
@@ -343,11 +367,18 @@ async def fetch_result_video(bot: AnimateBot, job: Job) -> bytes | None:
 
 
 class DeleteButton(_JobButton, template=r"animate:delete:(?P<job>[0-9]+)"):
-    action, label, emoji = "delete", "Delete", "🗑️"
+    action, label, emoji = "delete", _t("Delete"), "🗑️"
     style = discord.ButtonStyle.danger
 
     async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
-        job = await _managed_job(interaction, self.job_id, "delete")
+        job = await _managed_job(
+            interaction,
+            self.job_id,
+            _t(
+                "Only the member who asked for this video, or someone who can manage messages "
+                "here, can delete it."
+            ),
+        )
         if job is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -359,53 +390,62 @@ class DeleteButton(_JobButton, template=r"animate:delete:(?P<job>[0-9]+)"):
                 await partial.get_partial_message(job.joined_message_id).delete()
             except discord.HTTPException:
                 log.info("job %s: joined video already gone", job.id)
-        await interaction.followup.send("Deleted.", ephemeral=True)
+        await interaction.followup.send(for_member(interaction, _t("Deleted.")), ephemeral=True)
 
 
 class CancelButton(_JobButton, template=r"animate:cancel:(?P<job>[0-9]+)"):
-    action, label, emoji = "cancel", "Cancel", "✖️"
+    action, label, emoji = "cancel", _t("Cancel"), "✖️"
 
     async def callback(self, interaction: discord.Interaction[AnimateBot]) -> None:  # type: ignore[override]
-        job = await _managed_job(interaction, self.job_id, "cancel")
+        job = await _managed_job(
+            interaction,
+            self.job_id,
+            _t(
+                "Only the member who asked for this video, or someone who can manage messages "
+                "here, can cancel it."
+            ),
+        )
         if job is None:
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
         service = interaction.client.service
         cancelled = await service.cancel(job.id, actor_id=interaction.user.id)
         if cancelled is None:
-            await interaction.followup.send(
-                "Too late to cancel: it has already finished.", ephemeral=True
-            )
+            await _say(interaction, _t("Too late to cancel: it has already finished."))
             return
         await service.refresh_status(_animate_cog(interaction).delivery, job.id)
         if cancelled.provider_job_id is None:
-            text = "Cancelled before it was sent. Nothing was spent."
+            text = _t("Cancelled before it was sent. Nothing was spent.")
         else:
-            text = (
+            text = _t(
                 "Cancelled. The bot will not post this video, but the video service already had "
                 "it and may still charge for it."
             )
-        await interaction.followup.send(text, ephemeral=True)
+        await _say(interaction, text)
 
 
-def result_view(job: Job, *, link: discord.ui.Button[Any] | None = None) -> discord.ui.View:
-    """The buttons under a result: Again, Edit prompt, Extend, Delete (Try again on failures)."""
+def result_view(
+    job: Job, *, link: discord.ui.Button[Any] | None = None, language: str | None = None
+) -> discord.ui.View:
+    """The buttons under a result: Again, Edit prompt, Extend, Delete (Try again on failures),
+    labelled in the job's public language unless `language` says otherwise."""
+    language = language or job.language_for_delivery()
     view = discord.ui.View(timeout=None)
     if link is not None:
         view.add_item(link)
     if job.outcome == Outcome.VIDEO:
-        view.add_item(AgainButton(job.id))
-        view.add_item(EditPromptButton(job.id))
-        view.add_item(ExtendButton(job.id))
+        view.add_item(AgainButton(job.id, language))
+        view.add_item(EditPromptButton(job.id, language))
+        view.add_item(ExtendButton(job.id, language))
     else:
-        view.add_item(TryAgainButton(job.id))
-    view.add_item(DeleteButton(job.id))
+        view.add_item(TryAgainButton(job.id, language))
+    view.add_item(DeleteButton(job.id, language))
     return view
 
 
 def _delete_only(job: Job) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(DeleteButton(job.id))
+    view.add_item(DeleteButton(job.id, job.language_for_delivery()))
     return view
 
 
@@ -413,7 +453,7 @@ def status_view(job: Job) -> discord.ui.View:
     """Cancel on the status message while the job is waiting or generating (none after)."""
     view = discord.ui.View(timeout=None)
     if job.state in (JobState.SUBMITTING, JobState.POLLING):
-        view.add_item(CancelButton(job.id))
+        view.add_item(CancelButton(job.id, job.language_for_delivery()))
     return view
 
 
@@ -433,7 +473,9 @@ DYNAMIC_ITEMS: tuple[type[_JobButton], ...] = (
 class Results(commands.Cog):
     def __init__(self, bot: AnimateBot) -> None:
         self.bot = bot
-        self.menu = app_commands.ContextMenu(name="Animate image", callback=self.animate_image)
+        self.menu = app_commands.ContextMenu(
+            name=locale_str("Animate image"), callback=self.animate_image
+        )
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(*DYNAMIC_ITEMS)
@@ -481,7 +523,15 @@ class Results(commands.Cog):
                 return
             channel = self.bot.get_partial_messageable(job.delivery_channel_id)
             message = await channel.send(
-                f"<@{job.requester_id}> the whole chain, {len(chain)} clips joined:",
+                render(
+                    _tn(
+                        "<@{user}> the whole chain, {count} clip joined:",
+                        "<@{user}> the whole chain, {count} clips joined:",
+                        len(chain),
+                        user=job.requester_id,
+                    ),
+                    job.language_for_delivery(),
+                ),
                 file=discord.File(joined, filename=f"animate-{job.id}-chain.mp4"),
                 view=_delete_only(job),
                 allowed_mentions=discord.AllowedMentions(
@@ -499,57 +549,71 @@ class Results(commands.Cog):
         self.bot.remove_dynamic_items(*DYNAMIC_ITEMS)
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
 
-    @app_commands.command(name="show", description="Post a finished video again, with its buttons")
+    @app_commands.command(
+        name=locale_str("show"),
+        description=locale_str("Post a finished video again, with its buttons"),
+    )
     # A member who installed the app (not the server) gets a late video this way in the bot's
     # DMs, so /show must be there for them too.
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True)
-    @app_commands.describe(job="The job number (from /jobs or the status message)")
+    @app_commands.describe(job=locale_str("The job number (from /jobs or the status message)"))
     async def show(self, interaction: discord.Interaction[AnimateBot], job: int) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         found = await self.bot.store.get(job)
         if found is None or found.state != JobState.DONE:
-            await interaction.followup.send(f"There is no finished job {job}.", ephemeral=True)
+            await _say(interaction, _t("There is no finished job {job}.", job=job))
             return
         if found.requester_id != interaction.user.id and not (
             interaction.permissions.manage_messages or interaction.permissions.administrator
         ):
-            await interaction.followup.send(
-                "You can show your own videos (or any, with Manage Messages).", ephemeral=True
+            await _say(
+                interaction, _t("You can show your own videos (or any, with Manage Messages).")
             )
             return
         channel = interaction.channel
         if not isinstance(channel, discord.abc.Messageable):
-            await interaction.followup.send("I can't post in this kind of channel.", ephemeral=True)
+            await _say(interaction, _t("I can't post in this kind of channel."))
             return
         from cogs.delivery import link_item, result_embed
 
-        embed = result_embed(found)
+        # Posted for everyone where /show is used: in that place's language.
+        language = server_language(interaction)
+        shown_by = render(
+            _t("Job {job}, shown by <@{user}>", job=found.id, user=interaction.user.id), language
+        )
+        embed = result_embed(found, language=language)
         if found.outcome == Outcome.VIDEO:
             video = await fetch_result_video(self.bot, found)
             if video is not None:
                 file = discord.File(io.BytesIO(video), filename=f"animate-{found.id}.mp4")
                 await channel.send(
-                    f"Job {found.id}, shown by <@{interaction.user.id}>",
+                    shown_by,
                     embed=embed,
                     file=file,
-                    view=result_view(found),
+                    view=result_view(found, language=language),
                     allowed_mentions=discord.AllowedMentions.none(),
                 )
-                await interaction.followup.send("Shown.", ephemeral=True)
+                await _say(interaction, _t("Shown."))
                 return
             if found.result_url is not None:
                 await channel.send(
-                    f"Job {found.id}, shown by <@{interaction.user.id}>",
-                    embed=result_embed(found, link=found.result_url),
-                    view=result_view(found, link=link_item(found.result_url)),
+                    shown_by,
+                    embed=result_embed(found, link=found.result_url, language=language),
+                    view=result_view(
+                        found, link=link_item(found.result_url, language), language=language
+                    ),
                     allowed_mentions=discord.AllowedMentions.none(),
                 )
-                await interaction.followup.send("Shown.", ephemeral=True)
+                await _say(interaction, _t("Shown."))
                 return
-        await interaction.followup.send(
-            f"Job {found.id} has no video to show ({found.outcome or 'no outcome'}).",
-            ephemeral=True,
+        await _say(
+            interaction,
+            _t(
+                "Job {job} has no video to show ({outcome}).",
+                job=found.id,
+                outcome=found.outcome or _t("no outcome"),
+            ),
         )
 
     # Like /animate: also from a member's own install, in DMs, group DMs and other servers.
@@ -560,10 +624,14 @@ class Results(commands.Cog):
     ) -> None:
         images = [a for a in message.attachments if _is_image(a)]
         if not images:
-            await _say(interaction, "That message has no picture to animate.")
+            await _say(interaction, _t("That message has no picture to animate."))
             return
-        note = (
-            f"That message has {len(images)} pictures; I used the first. "
+        note: Message = (
+            _tn(
+                "That message has {count} picture; I used the first.",
+                "That message has {count} pictures; I used the first.",
+                len(images),
+            )
             if len(images) > 1
             else ""
         )
@@ -591,11 +659,12 @@ class Results(commands.Cog):
 
         await interaction.response.send_modal(
             PromptModal(
-                title="Animate image",
+                title=_t("Animate image"),
                 prompt="",
                 durations=durations,
                 duration=None,
                 on_submit=submitted,
+                language=member_language(interaction),
             )
         )
 
