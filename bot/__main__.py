@@ -381,6 +381,10 @@ def main(argv: list[str], *, retry: StartupRetry | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.discord_gateway_url)
     log.info("starting (model %s, database %s)", settings.default_model, settings.safe_database_url)
+    # The bot's modules (discord.py, SQLAlchemy, Alembic, Pillow, PyAV) take ~2 s to import;
+    # done here, before the event loop runs, rather than by run() with the loop held.
+    import bot.discord_bot  # noqa: F401
+
     try:
         asyncio.run(run(settings, sync_only=argv == ["sync"], retry=retry))
     except StartupFailed as exc:

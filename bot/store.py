@@ -8,6 +8,7 @@ compares them). Rows leave this module only as frozen `bot.jobs.Job` values.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Collection, Mapping, Sequence
@@ -349,11 +350,15 @@ class JobStore:
         engine = create_store_engine(database_url)
         safe_url = mask_url_password(normalize_url(database_url))
         try:
-            if migrate:
-                await _migrate(engine)
+            if migrate and _in_memory(database_url):
+                await _migrate(engine)  # another engine would see another database
+            elif migrate:
+                # Alembic loads and runs its scripts synchronously (~0.2 s on a new database):
+                # in a thread of its own, with its own engine, so the event loop stays free.
+                await asyncio.to_thread(_migrate_blocking, database_url)
             else:
                 revision = await revision_of(engine)
-                if revision != head_revision():
+                if revision != await asyncio.to_thread(head_revision):
                     log.warning(
                         "database %s is at revision %s, not %s; run the migrations",
                         safe_url,
@@ -867,6 +872,25 @@ class JobStore:
         async with self._read() as session:
             rows = (await session.execute(query)).all()
         return [_row_to_job(row) for row in rows]
+
+
+def _in_memory(database_url: str) -> bool:
+    url = make_url(normalize_url(database_url))
+    memory = url.database in (None, "", ":memory:") or "mode=memory" in (url.database or "")
+    return url.get_backend_name() == "sqlite" and memory
+
+
+def _migrate_blocking(database_url: str) -> None:
+    """Migrate from a thread that is not running an event loop (its own loop, own engine)."""
+
+    async def upgrade() -> None:
+        engine = create_store_engine(database_url)
+        try:
+            await _migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(upgrade())
 
 
 async def _migrate(engine: AsyncEngine) -> None:

@@ -7,6 +7,7 @@ import dataclasses
 import importlib
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+import bot.store
 from bot.jobs import Job, JobState, NewJob, Outcome
 from bot.store import (
     JobStore,
@@ -601,6 +603,27 @@ async def test_upgrade_in_place_keeps_old_rows(
     await again.close()
     assert "Running upgrade" not in caplog.text  # already at head: nothing to do
     assert await current_revision(store_url) == head_revision()
+
+
+async def test_migrations_run_off_the_event_loop(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Alembic's script loading and upgrade are synchronous; on the loop they held it ~0.2 s
+    # (gateway heartbeats, interactions and polls of a process already running all wait).
+    upgrade_threads: list[int] = []
+    real_upgrade = bot.store._run_upgrade
+
+    def recording_upgrade(connection: Connection, revision: str) -> None:
+        upgrade_threads.append(threading.get_ident())
+        real_upgrade(connection, revision)
+
+    monkeypatch.setattr(bot.store, "_run_upgrade", recording_upgrade)
+    opened = await JobStore.open(store_url)
+    try:
+        assert await opened.get(1) is None
+    finally:
+        await opened.close()
+    assert upgrade_threads and threading.get_ident() not in upgrade_threads
 
 
 async def test_jobs_survive_closing_and_reopening(store_url: str) -> None:
