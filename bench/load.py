@@ -12,7 +12,11 @@ lag (provider completed -> video posted) p50/p99, the longest event-loop stall i
 (the process's own monitor, scraped from /metrics every second), peak RSS per process (VmHWM),
 and wall time. Goals: every video exactly once, no stall over 50 ms, <= 200 MB per process.
 
-    python bench/load.py [--jobs 1000] [--rate 20]
+    python bench/load.py [--jobs 1000] [--rate 20] [--trace-stalls DIR]
+
+With --trace-stalls the bots run under bench/stall_trace.py, which writes where each stall
+over 50 ms happened (the loop thread's stack) to DIR/shard<N>.stalls.txt. Also reported: the
+CPU time each process used, since all of them share this machine's cores.
 """
 
 from __future__ import annotations
@@ -94,6 +98,12 @@ async def wait_until(predicate: Callable[[], bool], within: float, what: str) ->
         await asyncio.sleep(1.0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_mb(pid: int) -> float:
     """The process's high-water resident set (VmHWM), in MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -110,6 +120,7 @@ class Worker:
     longest_stall: float = 0.0
     stalls_over_goal: int = 0
     peak_rss_mb: float = math.nan
+    cpu_seconds: float = math.nan
 
 
 @dataclass
@@ -166,13 +177,18 @@ def bot_environment(
 
 
 def start_bot(
-    run: Run, tmp: Path, database_url: str, shard: int, port: int
+    run: Run, tmp: Path, database_url: str, shard: int, port: int, trace: Path | None
 ) -> subprocess.Popen[bytes]:
+    env = bot_environment(run, tmp, database_url, shard, port)
+    command = [sys.executable, "-m", "bot"]
+    if trace is not None:
+        env["STALL_TRACE_FILE"] = str(trace / f"shard{shard}.stalls.txt")
+        command = [sys.executable, str(REPO / "bench" / "stall_trace.py")]
     with (tmp / f"shard{shard}.log").open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "bot"],
+            command,
             cwd=tmp,
-            env=bot_environment(run, tmp, database_url, shard, port),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -222,7 +238,7 @@ def note_videos(run: Run) -> None:
         run.posted_at.setdefault(message_id, now)
 
 
-async def main(jobs: int, rate: float, seed: int, scale: float) -> None:
+async def main(jobs: int, rate: float, seed: int, scale: float, trace: Path | None) -> None:
     rng = random.Random(seed)
     started = time.monotonic()
     wall_offset = time.time() - time.monotonic()
@@ -249,7 +265,7 @@ async def main(jobs: int, rate: float, seed: int, scale: float) -> None:
             )
         for shard in range(SHARDS):
             port = free_port()
-            process = start_bot(run, tmp, postgres.url, shard, port)
+            process = start_bot(run, tmp, postgres.url, shard, port, trace)
             run.workers.append(Worker(f"shard {shard}", process, port))
         stop = asyncio.Event()
         try:
@@ -291,6 +307,8 @@ async def main(jobs: int, rate: float, seed: int, scale: float) -> None:
                 note_videos(run)
                 for worker in run.workers:
                     worker.peak_rss_mb = peak_rss_mb(worker.process.pid)
+                    worker.cpu_seconds = cpu_seconds(worker.process.pid)
+                bench_cpu = cpu_seconds(os.getpid())
                 stop.set()
                 await watcher
             finished = time.monotonic()
@@ -308,6 +326,12 @@ async def main(jobs: int, rate: float, seed: int, scale: float) -> None:
             await provider.close()
             await discord_server.close()
         report(run, jobs, rate, wall_offset, ready - started, issued - ready, finished - ready)
+        print(
+            "CPU time: "
+            + ", ".join(f"{w.name} {w.cpu_seconds:.0f} s" for w in run.workers)
+            + f", this process (fake Discord, fake provider, driver) {bench_cpu:.0f} s, "
+            f"on {os.cpu_count()} cores"
+        )
         print(
             f"jobs in flight (at the provider, not yet posted): at most {run.in_flight_peak}; "
             f"{in_flight_peak} not completed when the last /animate was sent"
@@ -350,6 +374,13 @@ def report(
     lags = [lag for lag in lags if not math.isnan(lag)]
     print(f"jobs {jobs} over {len(run.workers)} processes on one PostgreSQL, /animate at {rate}/s")
     print(f"start-up {startup:.1f} s; sending every /animate took {issuing:.1f} s")
+    created = sorted(job.created_at for job in provider.jobs.values())
+    if len(created) > 1:
+        span = created[-1] - created[0]
+        print(
+            f"admission: {len(created)} jobs reached the provider in {span:.1f} s "
+            f"({(len(created) - 1) / span:.1f} jobs/s against {rate:g} offered)"
+        )
     print(
         f"videos posted {len(posted)} in {len(per_thread)} threads; provider submits "
         f"{provider.count('POST')}; exactly once: {'yes' if exactly_once else 'NO'}"
@@ -389,5 +420,18 @@ if __name__ == "__main__":
     parser.add_argument(
         "--scale", type=float, default=1.0, help="multiply completion times (quick trial: 0.1)"
     )
+    parser.add_argument(
+        "--trace-stalls", type=Path, default=None, help="write where stalls happened to this dir"
+    )
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.jobs, arguments.rate, arguments.seed, arguments.scale))
+    if arguments.trace_stalls is not None:
+        arguments.trace_stalls.mkdir(parents=True, exist_ok=True)
+    asyncio.run(
+        main(
+            arguments.jobs,
+            arguments.rate,
+            arguments.seed,
+            arguments.scale,
+            arguments.trace_stalls and arguments.trace_stalls.resolve(),
+        )
+    )
