@@ -141,9 +141,11 @@ class Seconds:
             for unit, amount in parts
         ]
         try:
-            return format_list(units, style="unit-narrow", locale=locale)
+            said = format_list(units, style="unit-narrow", locale=locale)
         except (KeyError, ValueError):
-            return " ".join(units)
+            said = " ".join(units)
+        # CLDR's short Japanese units are spaced ("1 分40 秒"); written Japanese is "1分40秒".
+        return said.replace(" ", "").replace("\u00a0", "") if language == "ja" else said
 
     def __str__(self) -> str:
         return self.render(ENGLISH)

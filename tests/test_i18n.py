@@ -141,6 +141,7 @@ def test_values_are_formatted_for_the_language() -> None:
     assert render(Number(12345), "de") == "12.345"
     assert render(Seconds(100), "en") == "1 min 40 sec"
     assert render(Seconds(100), "de") == "1 Min., 40 Sek."
+    assert render(Seconds(100), "ja") == "1分40秒"
     assert render(Seconds(45), "fr").replace("\u202f", " ") == "45 s"
 
 
