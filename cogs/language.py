@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # Discord's rule for slash-command and option names (context-menu names are free text).
 _NAME_RULE = re.compile(r"^[-_'\w]{1,32}$")
+_MENU_NAME_LIMIT = 32
 # Discord's limit for descriptions and choice names.
 _TEXT_LIMIT = 100
 _NAME_LOCATIONS = frozenset(
@@ -81,6 +82,9 @@ class CatalogTranslator(app_commands.Translator):
         translated = translate_if_known(string.message, language)
         if translated is None:
             return None
+        if isinstance(context.data, app_commands.ContextMenu):
+            # A context-menu name is free text ("Bild animieren"), up to 32 characters.
+            return translated if 0 < len(translated) <= _MENU_NAME_LIMIT else None
         if context.location in _NAME_LOCATIONS:
             # Discord refuses the whole command sync over one bad name: keep the English one.
             name = translated.lower()

@@ -32,12 +32,15 @@ TRANSLATED = [language for language in LANGUAGES if language != "en"]
 _NAME_RULE = re.compile(r"^[-_'\w]{1,32}$")
 
 
-def _code_messages() -> dict[str, tuple[str, ...]]:
-    """msgid → (msgid,) or (singular, plural), as the extractor sees the code."""
+def _code_messages(keywords: dict[str, object] | None = None) -> dict[str, tuple[str, ...]]:
+    """msgid → (msgid,) or (singular, plural), as the extractor sees the code (all messages, or
+    those marked with `keywords`: {"locale_str": None} gives the slash-command metadata)."""
     found: dict[str, tuple[str, ...]] = {}
     for directory in i18n.SOURCE_DIRS:
         for _, _, message, _, _ in extract_from_dir(
-            ROOT / directory, method_map=[("**.py", "python")], keywords=i18n.KEYWORDS
+            ROOT / directory,
+            method_map=[("**.py", "python")],
+            keywords=keywords or i18n.KEYWORDS,
         ):
             forms = message if isinstance(message, tuple) else (message,)
             found[forms[0]] = forms
@@ -113,9 +116,9 @@ def test_every_marked_message_gets_the_values_it_names() -> None:
 def test_translated_command_names_follow_discords_rules(language: str) -> None:
     """Discord refuses a whole command sync over one bad name; names come from locale_str."""
     catalog = _catalog(language)
-    for msgid in _code_messages():
+    for msgid in _code_messages({"locale_str": None}):
         if not _NAME_RULE.match(msgid) or msgid.lower() != msgid:
-            continue  # not a command or option name
+            continue  # a description or a choice, not a command or option name
         entry = catalog.get(msgid)
         if entry is not None and entry.string:
             assert _NAME_RULE.match(str(entry.string)), (language, msgid, entry.string)
