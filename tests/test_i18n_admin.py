@@ -51,15 +51,17 @@ async def test_animate_admin_answers_a_german_admin_in_german_money(server: Serv
     fake.set_user_locale(server.admin_id, "de")
 
     reply = await server.admin("limits", member_daily_usd=2.5)
-    assert f"the member daily allowance: {de_usd('5,00')} (bot default) → {de_usd('2,50')}" in reply
+    assert (
+        f"das Tagesbudget pro Mitglied: {de_usd('5,00')} (Bot-Standard) → {de_usd('2,50')}" in reply
+    )
     shown = await server.admin("show")
-    assert f"the member daily allowance: {de_usd('2,50')} (this server)" in shown
+    assert f"das Tagesbudget pro Mitglied: {de_usd('2,50')} (dieser Server)" in shown
     assert "$" + "2.50" not in shown
     usage = await server.admin("usage", member=server.member_id)
-    assert f"Their daily allowance: {de_usd('2,50')} left of {de_usd('2,50')}" in usage
+    assert f"Tagesbudget: noch {de_usd('2,50')} von {de_usd('2,50')}" in usage
     # A refusal, too, is rendered for the admin who asked.
     refused = await server.admin("limits", member_monthly_usd=1e9)
-    assert f"{de_usd('1.000.000.000,00')} is not a sensible" in refused
+    assert f"{de_usd('1.000.000.000,00')} ist kein sinnvoller Wert" in refused
 
     # Another admin, whose Discord is in English, reads dollars as before.
     other = fake.add_user("lin")
@@ -70,8 +72,8 @@ async def test_animate_admin_answers_a_german_admin_in_german_money(server: Serv
 async def test_jobs_shows_a_german_member_their_allowance_in_german_money(server: Server) -> None:
     server.env.discord.set_user_locale(server.member_id, "de")
     reply = await server.command("jobs", user_id=server.member_id)
-    assert f"Your daily allowance: {de_usd('5,00')} left of {de_usd('5,00')}" in reply
-    assert f"Your monthly allowance: {de_usd('20,00')} left of {de_usd('20,00')}" in reply
+    assert f"Dein Tagesbudget: noch {de_usd('5,00')} von {de_usd('5,00')}" in reply
+    assert f"Dein Monatsbudget: noch {de_usd('20,00')} von {de_usd('20,00')}" in reply
 
 
 async def test_audit_lines_follow_the_servers_language_not_the_admins(server: Server) -> None:
@@ -90,8 +92,8 @@ async def test_audit_lines_follow_the_servers_language_not_the_admins(server: Se
     await fake.wait_for(lambda: len(server.lines_in(log_channel)) == 2)
     # ... the line in the server's log channel in the server's.
     assert server.lines_in(log_channel)[1].content == (
-        f"<@{server.admin_id}> changed the member daily allowance from {de_usd('5,00')} "
-        f"(bot default) to {de_usd('3,00')}."
+        f"<@{server.admin_id}> hat geändert: das Tagesbudget pro Mitglied von {de_usd('5,00')} "
+        f"(Bot-Standard) auf {de_usd('3,00')}."
     )
 
     # Bot-wide notices and job events: a Message rendered per server; plain text as it is.

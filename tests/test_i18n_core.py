@@ -81,10 +81,10 @@ def _refusal(data: bytes, **kwargs: object) -> Message:
 # --- image refusals ------------------------------------------------------------------------------
 
 
-def test_a_size_refusal_reads_as_before_in_english_with_a_decimal_comma_in_german() -> None:
+def test_a_size_refusal_reads_as_before_in_english_and_in_german_with_a_decimal_comma() -> None:
     reason = _refusal(b"\xff\xd8" + b"\0" * (20 * 1024 * 1024 + 100_000))
     assert render(reason, "en") == "The image is 20.1 MB; the limit is 20 MB."
-    assert render(reason, "de") == "The image is 20,1 MB; the limit is 20 MB."
+    assert render(reason, "de") == "Das Bild ist 20,1 MB groß; das Limit liegt bei 20 MB."
     assert str(user_message(ImageRejected("too_large", reason))) == str(reason)
 
 
