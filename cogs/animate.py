@@ -236,6 +236,17 @@ class Animate(commands.Cog):
     # the bot; there it answers through the interaction (see _answers_through_interaction).
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True, private_channels=True)
+    # Option names in the member's language too (the catalogue's "image" → "bild", …).
+    @app_commands.rename(
+        image=locale_str("image"),
+        prompt=locale_str("prompt"),
+        duration=locale_str("duration"),
+        orientation=locale_str("orientation"),
+        resolution=locale_str("resolution"),
+        model=locale_str("model"),
+        fit=locale_str("fit"),
+        end_image=locale_str("end_image"),
+    )
     @app_commands.describe(
         image=locale_str(
             "The picture to animate (JPEG, PNG, WebP, GIF, BMP, HEIC or AVIF); "

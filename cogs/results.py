@@ -557,6 +557,7 @@ class Results(commands.Cog):
     # DMs, so /show must be there for them too.
     @app_commands.allowed_installs(guilds=True, users=True)
     @app_commands.allowed_contexts(guilds=True, dms=True)
+    @app_commands.rename(job=locale_str("job"))
     @app_commands.describe(job=locale_str("The job number (from /jobs or the status message)"))
     async def show(self, interaction: discord.Interaction[AnimateBot], job: int) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
