@@ -55,6 +55,8 @@ class Settings:
     # Hosts (and their subdomains) besides AIMLAPI_BASE_URL's that may serve result videos.
     video_url_hosts: tuple[str, ...] = DEFAULT_VIDEO_URL_HOSTS
     database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    # PostgreSQL connections this process keeps open; more work at once waits its turn.
+    database_pool_size: int = 10
     discord_api_base_url: str = "https://discord.com/api/v10"
     discord_gateway_url: str = "wss://gateway.discord.gg/"
     dev_guild_id: int | None = None
@@ -138,6 +140,9 @@ class Settings:
             ),
             "video_url_hosts": reader.get("VIDEO_URL_HOSTS", cls.video_url_hosts, _host_suffixes),
             "database_url": reader.database_url("DATABASE_URL"),
+            "database_pool_size": reader.get(
+                "DATABASE_POOL_SIZE", cls.database_pool_size, _positive_int
+            ),
             "discord_api_base_url": reader.url(
                 "DISCORD_API_BASE_URL", cls.discord_api_base_url, ("http", "https")
             ),

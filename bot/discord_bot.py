@@ -91,7 +91,9 @@ class AnimateBot(commands.Bot):
         )
         self.session = aiohttp.ClientSession(timeout=timeout)
         try:
-            self.store = await JobStore.open(self.settings.database_url)
+            self.store = await JobStore.open(
+                self.settings.database_url, pool_size=self.settings.database_pool_size
+            )
         except Exception as exc:
             # Marked, so the launcher can tell a database problem from a Discord one.
             raise DatabaseUnavailable(self.settings.safe_database_url) from exc

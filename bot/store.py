@@ -9,8 +9,11 @@ compares them). Rows leave this module only as frozen `bot.jobs.Job` values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import ipaddress
 import logging
+import os
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -25,7 +28,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -49,6 +52,9 @@ _SQLITE_IMMEDIATE = "animate_sqlite_begin_immediate"
 
 # Any constant works; it only has to be the same in every process sharing the database.
 _PG_MIGRATION_LOCK = 0x616E696D61746531  # "animate1"
+
+DEFAULT_POOL_SIZE = 10
+"""PostgreSQL connections each process keeps open (DATABASE_POOL_SIZE)."""
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -237,18 +243,70 @@ def normalize_url(database_url: str) -> str:
     )
 
 
-def create_store_engine(database_url: str) -> AsyncEngine:
-    """An engine configured for the store (SQLite: parent dir created, WAL, busy timeout)."""
+def create_store_engine(database_url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
+    """An engine configured for the store (SQLite: parent dir created, WAL, busy timeout).
+
+    PostgreSQL: at most `pool_size` connections, all kept open once made; work beyond that
+    waits its turn (every transaction is short). SQLAlchemy's default opened connections
+    beyond 5 for each burst and closed them again, and each new connection costs the event
+    loop milliseconds (bench/load.py).
+    """
     url = make_url(normalize_url(database_url))
     if url.get_backend_name() != "sqlite":
-        # The bot runs for weeks; a database restart must not poison the pool.
-        return create_async_engine(url, pool_pre_ping=True)
+        url, connect_args = postgres_connect_options(url, os.environ)
+        return create_async_engine(
+            url,
+            # The bot runs for weeks; a database restart must not poison the pool.
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=0,
+            connect_args=connect_args,
+        )
     path = url.database
     if path and path != ":memory:" and not path.startswith("file:"):
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url)
     _configure_sqlite(engine)
     return engine
+
+
+def postgres_connect_options(url: URL, env: Mapping[str, str]) -> tuple[URL, dict[str, Any]]:
+    """The URL and connect arguments asyncpg gets for a PostgreSQL `url`.
+
+    An explicit `sslmode` (libpq's name, e.g. `?sslmode=require` from a hosting provider) is
+    passed on as asyncpg's `ssl`, which takes the same modes (asyncpg refuses `sslmode`
+    itself); `ssl` and PGSSLMODE are left to asyncpg. Without any of them, a server on this
+    machine (loopback address or Unix socket) is spoken to without TLS: asyncpg's default
+    ("prefer") would otherwise offer TLS on every new connection, which protects nothing on
+    loopback and costs time. Any other host keeps asyncpg's default.
+    """
+    query = dict(url.query)
+    if "sslmode" in query:
+        sslmode = query.pop("sslmode")
+        url = url.set(query=query)
+        if "ssl" not in query:
+            # A repeated key arrives as a tuple; libpq uses the last one.
+            return url, {"ssl": sslmode[-1] if isinstance(sslmode, tuple) else sslmode}
+        return url, {}
+    if "ssl" in query or env.get("PGSSLMODE"):
+        return url, {}
+    named = query.get("host", url.host)
+    if named is None:
+        named = env.get("PGHOST") or "/"  # none named: asyncpg tries the local sockets
+    hosts = named.split(",") if isinstance(named, str) else list(named)
+    if all(_on_this_machine(host) for host in hosts):
+        return url, {"ssl": False}
+    return url, {}
+
+
+def _on_this_machine(host: str) -> bool:
+    host = host.strip()
+    if host.startswith("/") or host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -346,8 +404,10 @@ class JobStore:
         self._returning = engine.dialect.update_returning and engine.dialect.insert_returning
 
     @classmethod
-    async def open(cls, database_url: str, *, migrate: bool = True) -> JobStore:
-        engine = create_store_engine(database_url)
+    async def open(
+        cls, database_url: str, *, migrate: bool = True, pool_size: int = DEFAULT_POOL_SIZE
+    ) -> JobStore:
+        engine = create_store_engine(database_url, pool_size=pool_size)
         safe_url = mask_url_password(normalize_url(database_url))
         try:
             if migrate and _in_memory(database_url):
@@ -365,6 +425,7 @@ class JobStore:
                         revision,
                         head_revision(),
                     )
+            await _fill_pool(engine, pool_size)
         except BaseException:
             await engine.dispose()
             raise
@@ -878,6 +939,16 @@ def _in_memory(database_url: str) -> bool:
     url = make_url(normalize_url(database_url))
     memory = url.database in (None, "", ":memory:") or "mode=memory" in (url.database or "")
     return url.get_backend_name() == "sqlite" and memory
+
+
+async def _fill_pool(engine: AsyncEngine, size: int) -> None:
+    """Open the pool's connections now, at start-up, rather than one by one under the first
+    load (each costs the event loop a few milliseconds: address, password file, handshake)."""
+    if engine.dialect.name != "postgresql":
+        return
+    async with contextlib.AsyncExitStack() as held:
+        # Held together, so the pool has to make `size` of them.
+        await asyncio.gather(*(held.enter_async_context(engine.connect()) for _ in range(size)))
 
 
 def _migrate_blocking(database_url: str) -> None:

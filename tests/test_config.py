@@ -168,3 +168,24 @@ def test_bad_spending_values_are_named(key: str, raw: str, words: str) -> None:
     assert len(info.value.problems) == 1
     assert key in info.value.problems[0]
     assert words in info.value.problems[0]
+
+
+def test_database_pool_size_defaults_to_ten_and_can_be_set() -> None:
+    assert Settings.from_env(REQUIRED).database_pool_size == 10
+    settings = Settings.from_env({**REQUIRED, "DATABASE_POOL_SIZE": "24"})
+    assert settings.database_pool_size == 24
+
+
+@pytest.mark.parametrize("raw", ["0", "-3", "many"])
+def test_database_pool_size_must_be_a_positive_whole_number(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({**REQUIRED, "DATABASE_POOL_SIZE": raw})
+    assert len(info.value.problems) == 1
+    assert "DATABASE_POOL_SIZE" in info.value.problems[0]
+
+
+def test_pool_size_is_documented_in_the_example_file() -> None:
+    from pathlib import Path
+
+    example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    assert "\nDATABASE_POOL_SIZE=10\n" in example

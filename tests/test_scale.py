@@ -303,3 +303,41 @@ async def test_an_upload_longer_than_the_lease_is_posted_once(cluster: Cluster) 
     )
     assert cluster.videos() == 1
     assert "took over" not in cluster.logs()
+
+
+async def _bot_connections(database_url: str) -> int:
+    """Connections to the database other than this one (the bots')."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    finally:
+        await conn.close()
+
+
+async def test_each_process_keeps_its_database_pool_size_of_connections(
+    fresh_postgres_url: str, tmp_path: Path
+) -> None:
+    # Connections are opened at start and kept: none opened (and closed again) for a burst of
+    # work, and never more than DATABASE_POOL_SIZE per process, whatever the load.
+    made = await make_cluster(tmp_path, fresh_postgres_url)
+    try:
+        with cluster_processes(made):
+            for _ in range(8):
+                made.provider.script_next_job(["completed"], video=VIDEO)
+            made.start("both", SHARD_COUNT="2", SHARD_IDS="0,1", DATABASE_POOL_SIZE="3")
+            await made.wait_connected(2)
+            assert await _bot_connections(fresh_postgres_url) == 3
+            await asyncio.gather(*(made.animate(number) for number in range(8)))
+            await made.discord.wait_for(lambda: made.videos() == 8, timeout=40)
+            assert await _bot_connections(fresh_postgres_url) == 3
+            assert "Traceback" not in made.logs()
+    finally:
+        await made.provider.close()
+        await made.discord.close()

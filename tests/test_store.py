@@ -683,3 +683,92 @@ async def test_open_with_a_password_does_not_log_it(
 def test_schema_exposes_big_ids() -> None:
     for name in ("requester_id", "guild_id", "channel_id", "thread_id", "interaction_id"):
         assert isinstance(jobs.c[name].type, sa.BigInteger), name
+
+
+# --- PostgreSQL connections ----------------------------------------------------------------------
+
+
+async def _backend_pid(engine: sa.ext.asyncio.AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        pid = int((await conn.execute(sa.text("SELECT pg_backend_pid()"))).scalar_one())
+        await conn.execute(sa.text("SELECT 1"))  # hold it across another round trip
+        return pid
+
+
+async def _connections_to(engine: sa.ext.asyncio.AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        query = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        return int((await conn.execute(sa.text(query))).scalar_one())
+
+
+async def test_postgres_keeps_pool_size_connections_open_from_the_start(
+    fresh_postgres_url: str,
+) -> None:
+    store = await JobStore.open(fresh_postgres_url, pool_size=3)
+    try:
+        assert await _connections_to(store.engine) == 3  # opened at start, not under load
+        first = await asyncio.gather(*(_backend_pid(store.engine) for _ in range(12)))
+        second = await asyncio.gather(*(_backend_pid(store.engine) for _ in range(12)))
+        # Twelve at once share the three connections, and they are the same ones each time:
+        # nothing was opened for a burst and closed after it.
+        assert len(set(first) | set(second)) <= 3
+        assert await _connections_to(store.engine) == 3
+    finally:
+        await store.close()
+
+
+def _options(url: str, env: dict[str, str] | None = None) -> tuple[sa.URL, dict[str, object]]:
+    return bot.store.postgres_connect_options(sa.make_url(url), env or {})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://u:pw@127.0.0.1:5432/app",
+        "postgresql+asyncpg://u:pw@localhost/app",
+        "postgresql+asyncpg://u:pw@[::1]:5432/app",
+        "postgresql+asyncpg://u@/app?host=/var/run/postgresql",
+        "postgresql+asyncpg://u@/app",
+    ],
+)
+def test_a_server_on_this_machine_is_not_offered_tls(url: str) -> None:
+    assert _options(url) == (sa.make_url(url), {"ssl": False})
+
+
+def test_a_remote_server_keeps_asyncpgs_default_tls() -> None:
+    url = "postgresql+asyncpg://u:pw@db.example.com:5432/app"
+    assert _options(url) == (sa.make_url(url), {})
+    # No host in the URL, but PGHOST names a remote one.
+    assert _options("postgresql+asyncpg://u@/app", {"PGHOST": "db.example.com"})[1] == {}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+asyncpg://u:pw@127.0.0.1:5432/app?ssl=require",
+        "postgresql+asyncpg://u:pw@db.example.com/app?ssl=verify-full",
+    ],
+)
+def test_an_explicit_ssl_setting_is_left_to_asyncpg(url: str) -> None:
+    assert _options(url) == (sa.make_url(url), {})
+
+
+def test_pgsslmode_in_the_environment_is_respected_for_local_servers() -> None:
+    url = "postgresql+asyncpg://u:pw@127.0.0.1:5432/app"
+    assert _options(url, {"PGSSLMODE": "require"}) == (sa.make_url(url), {})
+
+
+@pytest.mark.parametrize("mode", ["require", "verify-full", "disable"])
+def test_libpq_sslmode_in_the_url_becomes_asyncpgs_ssl(mode: str) -> None:
+    for host in ("127.0.0.1", "db.example.com"):
+        url = f"postgresql+asyncpg://u:pw@{host}:5432/app"
+        assert _options(f"{url}?sslmode={mode}") == (sa.make_url(url), {"ssl": mode})
+
+
+async def test_an_explicit_sslmode_is_obeyed_by_the_real_server(fresh_postgres_url: str) -> None:
+    # The test server speaks no TLS: "disable" works, "require" must fail, not be overridden
+    # by the loopback default. (asyncpg itself refuses a `sslmode` argument.)
+    store = await JobStore.open(fresh_postgres_url + "?sslmode=disable", pool_size=1)
+    await store.close()
+    with pytest.raises(ConnectionError, match="SSL"):
+        await JobStore.open(fresh_postgres_url + "?sslmode=require", migrate=False, pool_size=1)
