@@ -586,6 +586,19 @@ async def test_a_database_error_after_a_paid_submit_does_not_pay_twice(world: Wo
     assert [p.kind for p in world.delivery.for_job(job.id)] == ["video"]
 
 
+async def _lease_renewed(world: World, job_id: int) -> None:
+    """Wait (briefly, in real time) until the job's submit lease has at least two thirds of a
+    lease to run, as the keeper (renewing every third of a lease) always leaves it."""
+    ahead = timedelta(seconds=world.settings.lease_seconds * 2 / 3)
+    for _ in range(500):
+        job = await world.store.get(job_id)
+        assert job is not None and job.next_poll_at is not None
+        if job.next_poll_at >= world.clock.now() + ahead:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the submit lease was not renewed")
+
+
 async def test_a_slow_status_message_keeps_the_submit_to_its_command(world: World) -> None:
     other = world.new_service(worker_id="other")
 
@@ -593,6 +606,9 @@ async def test_a_slow_status_message_keeps_the_submit_to_its_command(world: Worl
         # Discord rate-limits the status message for three leases; the loop keeps running.
         for _ in range(9):
             world.clock.advance(20)
+            # In 20 real seconds the command's lease keeper renews (every third of a lease);
+            # on the fake clock, give it that turn before the other worker looks.
+            await _lease_renewed(world, job.id)
             await other.run_due(world.delivery)
         return Conversation(thread_id=444, status_message_id=555)
 
