@@ -20,6 +20,15 @@ def _options(command: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {str(o["name"]): o for o in command.get("options", [])}
 
 
+def _assert_unique_option_names(options: list[dict[str, Any]], where: str) -> None:
+    for locale in ("de", "fr", "es-ES", "es-419", "pt-BR", "ja"):
+        names = [(o.get("name_localizations") or {}).get(locale, o["name"]) for o in options]
+        assert len(names) == len(set(names)), (where, locale, names)
+    for option in options:
+        if option.get("type") in (1, 2):  # a subcommand (group): its own options
+            _assert_unique_option_names(option.get("options") or [], f"{where} {option['name']}")
+
+
 async def test_commands_reach_discord_in_every_language(env: Env) -> None:
     async with started(env, DEV_GUILD_ID=""):
         commands = _by_name(env.discord.commands.global_commands)
@@ -40,6 +49,9 @@ async def test_commands_reach_discord_in_every_language(env: Env) -> None:
     assert all(not c.get("name_localizations") for c in options["model"]["choices"])
     # A context-menu name is free text, spaces and capitals included.
     assert commands["Animate image"]["name_localizations"]["de"] == "Bild animieren"
+    # Discord refuses a command whose options share a name in some language.
+    for command in commands.values():
+        _assert_unique_option_names(command.get("options") or [], command["name"])
     # Every command has a name in every language we offer, within Discord's limits.
     for command in commands.values():
         names = command.get("name_localizations") or {}
