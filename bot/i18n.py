@@ -151,8 +151,28 @@ class Seconds:
         return self.render(ENGLISH)
 
 
+class _Shown:
+    """What messages share: English by `str()`, and `+` to put messages side by side."""
+
+    def render(self, language: str) -> str:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.render(ENGLISH)
+
+    def __add__(self, other: object) -> Joined:
+        if not isinstance(other, _Shown | str):
+            return NotImplemented
+        return Joined((self, other), separator="")
+
+    def __radd__(self, other: object) -> Joined:
+        if not isinstance(other, str):
+            return NotImplemented
+        return Joined((other, self), separator="")
+
+
 @dataclass(frozen=True)
-class Text:
+class Text(_Shown):
     """A message to be rendered in a reader's language: a gettext msgid and its values.
 
     `str(text)` is the English rendering (logs, and code that has no reader)."""
@@ -177,19 +197,6 @@ class Text:
             english = self.msgid if self.plural is None or self.count == 1 else self.plural
             return english.format_map(values)
 
-    def __str__(self) -> str:
-        return self.render(ENGLISH)
-
-    def __add__(self, other: object) -> Joined:
-        if not isinstance(other, Text | Joined | str):
-            return NotImplemented
-        return Joined((self, other), separator="")
-
-    def __radd__(self, other: object) -> Joined:
-        if not isinstance(other, str):
-            return NotImplemented
-        return Joined((other, self), separator="")
-
     # Stored in the database (failure reasons, delivery notes) so a message posted later is
     # rendered in the language of whoever reads it then.
     def to_json(self) -> dict[str, Any]:
@@ -200,27 +207,14 @@ class Text:
 
 
 @dataclass(frozen=True)
-class Joined:
+class Joined(_Shown):
     """Messages (or plain strings) shown one after another, e.g. a sentence and a hint."""
 
-    parts: tuple[Text | Joined | str, ...]
+    parts: tuple[_Shown | str, ...]
     separator: str = " "
 
     def render(self, language: str) -> str:
         return self.separator.join(render(part, language) for part in self.parts if part)
-
-    def __str__(self) -> str:
-        return self.render(ENGLISH)
-
-    def __add__(self, other: object) -> Joined:
-        if not isinstance(other, Text | Joined | str):
-            return NotImplemented
-        return Joined((self, other), separator="")
-
-    def __radd__(self, other: object) -> Joined:
-        if not isinstance(other, str):
-            return NotImplemented
-        return Joined((other, self), separator="")
 
     def to_json(self) -> dict[str, Any]:
         return {"j": [_dump(part) for part in self.parts], "s": self.separator}
@@ -338,6 +332,13 @@ def _translations(language: str) -> gettext.NullTranslations:
     write_mo(compiled, catalog, use_fuzzy=False)
     compiled.seek(0)
     return gettext.GNUTranslations(compiled)
+
+
+def load_catalogues() -> None:
+    """Read every language's catalogue now (~80 ms in all). The launcher calls this before
+    the event loop runs, so the first command sync does not hold the loop reading .po files."""
+    for language in LANGUAGES:
+        _translations(language)
 
 
 def translate_if_known(msgid: str, language: str) -> str | None:
