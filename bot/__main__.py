@@ -14,6 +14,7 @@ exit code is 2 at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -384,6 +385,12 @@ def main(argv: list[str], *, retry: StartupRetry | None = None) -> int:
     # The bot's modules (discord.py, SQLAlchemy, Alembic, Pillow, PyAV) take ~2 s to import;
     # done here, before the event loop runs, rather than by run() with the loop held.
     import bot.discord_bot  # noqa: F401
+    from bot.i18n import load_catalogues
+
+    load_catalogues()
+    # All of that lives as long as the process: out of the cyclic collector's full passes,
+    # which would otherwise walk it while the bot sets up (bot.discord_bot freezes again then).
+    gc.freeze()
 
     try:
         asyncio.run(run(settings, sync_only=argv == ["sync"], retry=retry))

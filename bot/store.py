@@ -14,6 +14,7 @@ import dataclasses
 import ipaddress
 import logging
 import os
+import time
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -55,6 +56,10 @@ _PG_MIGRATION_LOCK = 0x616E696D61746531  # "animate1"
 
 DEFAULT_POOL_SIZE = 10
 """PostgreSQL connections each process keeps open (DATABASE_POOL_SIZE)."""
+
+PING_AFTER_IDLE_SECONDS = 2.0
+"""A pooled PostgreSQL connection unused for this long is pinged before it is handed out."""
+_LAST_USED = "animate_last_used"
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -243,7 +248,12 @@ def normalize_url(database_url: str) -> str:
     )
 
 
-def create_store_engine(database_url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> AsyncEngine:
+def create_store_engine(
+    database_url: str,
+    *,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    ping_after_idle_seconds: float = PING_AFTER_IDLE_SECONDS,
+) -> AsyncEngine:
     """An engine configured for the store (SQLite: parent dir created, WAL, busy timeout).
 
     PostgreSQL: at most `pool_size` connections, all kept open once made; work beyond that
@@ -254,20 +264,47 @@ def create_store_engine(database_url: str, *, pool_size: int = DEFAULT_POOL_SIZE
     url = make_url(normalize_url(database_url))
     if url.get_backend_name() != "sqlite":
         url, connect_args = postgres_connect_options(url, os.environ)
-        return create_async_engine(
-            url,
-            # The bot runs for weeks; a database restart must not poison the pool.
-            pool_pre_ping=True,
-            pool_size=pool_size,
-            max_overflow=0,
-            connect_args=connect_args,
+        engine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=0, connect_args=connect_args
         )
+        _ping_idle_connections(engine, ping_after_idle_seconds)
+        return engine
     path = url.database
     if path and path != ":memory:" and not path.startswith("file:"):
         Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url)
     _configure_sqlite(engine)
     return engine
+
+
+def _ping_idle_connections(engine: AsyncEngine, idle_seconds: float) -> None:
+    """SQLAlchemy's pool_pre_ping, for connections that sat unused for `idle_seconds` only.
+
+    The bot runs for weeks; a database restart must not poison the pool. But a ping before
+    every transaction is one more round trip each time (13% of the event loop's time under
+    bench/load.py), and a connection used a moment ago is alive. A restart is then noticed by
+    one failed transaction at most, after which SQLAlchemy renews the whole pool.
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info[_LAST_USED] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last_used = record.info.get(_LAST_USED)
+        if last_used is not None and time.monotonic() - last_used < idle_seconds:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            # The pool drops this connection and hands out a new one (up to three tries).
+            raise sa.exc.DisconnectionError("pooled connection no longer answers") from exc
 
 
 def postgres_connect_options(url: URL, env: Mapping[str, str]) -> tuple[URL, dict[str, Any]]:

@@ -772,3 +772,57 @@ async def test_an_explicit_sslmode_is_obeyed_by_the_real_server(fresh_postgres_u
     await store.close()
     with pytest.raises(ConnectionError, match="SSL"):
         await JobStore.open(fresh_postgres_url + "?sslmode=require", migrate=False, pool_size=1)
+
+
+async def _migrated_store(url: str, ping_after_idle_seconds: float) -> JobStore:
+    await upgrade_database(url)
+    engine = create_store_engine(url, pool_size=2, ping_after_idle_seconds=ping_after_idle_seconds)
+    return JobStore(engine)
+
+
+async def test_connections_in_use_are_not_pinged_before_every_transaction(
+    fresh_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
+
+    pings: list[object] = []
+    original = asyncpg_dialect.AsyncAdapt_asyncpg_connection.ping
+
+    def counted(self: object) -> None:
+        pings.append(self)
+        original(self)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(asyncpg_dialect.AsyncAdapt_asyncpg_connection, "ping", counted)
+    store = await _migrated_store(fresh_postgres_url, ping_after_idle_seconds=600)
+    try:
+        for number in range(20):
+            await store.set_meta("counter", str(number))
+        assert await store.get_meta("counter") == "19"
+        assert pings == []  # one round trip less per transaction
+    finally:
+        await store.close()
+
+
+async def test_a_connection_the_server_dropped_while_idle_is_replaced_before_use(
+    fresh_postgres_url: str, postgres_server: object
+) -> None:
+    import asyncpg
+
+    store = await _migrated_store(fresh_postgres_url, ping_after_idle_seconds=0)
+    try:
+        await asyncio.gather(*(_backend_pid(store.engine) for _ in range(2)))  # both made
+        admin = await asyncpg.connect(
+            fresh_postgres_url.replace("postgresql+asyncpg://", "postgresql://")
+        )
+        try:
+            # A database restart, as the pool sees it: every connection it holds is gone.
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        await store.set_meta("after", "restart")  # no error: the dead connection was replaced
+        assert await store.get_meta("after") == "restart"
+    finally:
+        await store.close()
