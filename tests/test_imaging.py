@@ -1304,3 +1304,30 @@ def test_huge_heic_or_avif_is_refused_from_its_header_with_a_size_that_works(
     assert need is not None and need <= ImageLimits().max_decode_bytes
     # Over the pixel limit it is the pixel count that is named, as for every format.
     assert "the limit is 50.0 MP" in rejected(_heif_with_size(small, 9000, 9000), "too_many_pixels")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux")
+async def test_fits_run_below_the_event_loop_so_a_busy_machine_serves_the_loop_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[int] = []
+    original = imaging._prepare_and_trim
+
+    def noted(*args: Any) -> Any:
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return original(*args)
+
+    monkeypatch.setattr(imaging, "_prepare_and_trim", noted)
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    fitter = ImageFitter(max_concurrent=2)
+    try:
+        results = await asyncio.gather(
+            *(fitter.fit(encode(solid(RED), "PNG"), preset=P720) for _ in range(3))
+        )
+    finally:
+        fitter.close()
+    assert [r.width for r in results] == [1280] * 3
+    expected = min(19, loop_niceness + imaging.FIT_THREAD_NICENESS)
+    assert seen == [expected] * 3
+    # Only the fit threads: the event loop's own thread keeps its priority.
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_niceness
