@@ -12,7 +12,15 @@ lag (provider completed -> video posted) p50/p99, the longest event-loop stall i
 (the process's own monitor, scraped from /metrics every second), peak RSS per process (VmHWM),
 and wall time. Goals: every video exactly once, no stall over 50 ms, <= 200 MB per process.
 
-    python bench/load.py [--jobs 1000] [--rate 20] [--trace-stalls DIR]
+    python bench/load.py [--jobs 1000] [--rate 20] [--fakes-niceness 10]
+                         [--postgres-niceness 0] [--trace-stalls DIR]
+
+Discord and the provider are remote services in production, but here the fakes run in this
+process on the bots' cores. By default this process (fakes and driver) runs at nice +10 once the
+bots are started, so it does not take cores from the bots the way a remote service never
+would; `--fakes-niceness 0` shares the cores equally (the harsher, less realistic setting).
+`--postgres-niceness` does the same for the PostgreSQL server the benchmark starts (default 0:
+a database on the same machine is a real deployment). The settings are printed with the results.
 
 With --trace-stalls the bots run under bench/stall_trace.py, which writes where each stall
 over 50 ms happened (the loop thread's stack) to DIR/shard<N>.stalls.txt. Also reported: the
@@ -57,6 +65,8 @@ TAIL_MEDIAN_SECONDS = 20.0
 TAIL_SIGMA = 0.6
 MAX_COMPLETION_SECONDS = 240.0
 STALL_GOAL_SECONDS = 0.05
+DEFAULT_FAKES_NICENESS = 10
+DEFAULT_POSTGRES_NICENESS = 0
 RSS_GOAL_MB = 200.0
 VIDEO_PREFIX = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 _LAG_MAX = re.compile(r"^animate_event_loop_lag_max_seconds(?:\{[^}]*\})? (\S+)$", re.M)
@@ -110,6 +120,29 @@ def peak_rss_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return math.nan
+
+
+def renice(pid: int, niceness: int) -> None:
+    """Set every thread of process `pid` to `niceness` (on Linux nice is per thread; threads
+    started later inherit it from the thread that starts them)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
+
+
+def renice_postgres(data_directory: Path, niceness: int) -> None:
+    """The postmaster and the processes it has forked so far; later backends inherit it."""
+    postmaster = int((data_directory / "postmaster.pid").read_text().split()[0])
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(entry.name) == postmaster or parent == postmaster:
+            with contextlib.suppress(OSError):
+                renice(int(entry.name), niceness)
 
 
 @dataclass
@@ -238,7 +271,15 @@ def note_videos(run: Run) -> None:
         run.posted_at.setdefault(message_id, now)
 
 
-async def main(jobs: int, rate: float, seed: int, scale: float, trace: Path | None) -> None:
+async def main(
+    jobs: int,
+    rate: float,
+    seed: int,
+    scale: float,
+    trace: Path | None,
+    fakes_niceness: int,
+    postgres_niceness: int,
+) -> None:
     rng = random.Random(seed)
     started = time.monotonic()
     wall_offset = time.time() - time.monotonic()
@@ -263,10 +304,14 @@ async def main(jobs: int, rate: float, seed: int, scale: float, trace: Path | No
                 video=video,
                 complete_after=completion_seconds(rng, scale),
             )
+        if postgres_niceness:
+            renice_postgres(postgres.data, postgres_niceness)  # before the bots connect
         for shard in range(SHARDS):
             port = free_port()
             process = start_bot(run, tmp, postgres.url, shard, port, trace)
             run.workers.append(Worker(f"shard {shard}", process, port))
+        if fakes_niceness:
+            renice(os.getpid(), fakes_niceness)  # after the bots are forked: not inherited
         stop = asyncio.Event()
         try:
             await discord_server.wait_for(
@@ -335,6 +380,12 @@ async def main(jobs: int, rate: float, seed: int, scale: float, trace: Path | No
         print(
             f"jobs in flight (at the provider, not yet posted): at most {run.in_flight_peak}; "
             f"{in_flight_peak} not completed when the last /animate was sent"
+        )
+        print(
+            f"priorities: bots nice 0 (their image fits +10), fakes and driver (this process) "
+            f"nice +{fakes_niceness} (--fakes-niceness, default {DEFAULT_FAKES_NICENESS}), "
+            f"PostgreSQL nice +{postgres_niceness} "
+            f"(--postgres-niceness, default {DEFAULT_POSTGRES_NICENESS})"
         )
 
 
@@ -421,6 +472,23 @@ if __name__ == "__main__":
         "--scale", type=float, default=1.0, help="multiply completion times (quick trial: 0.1)"
     )
     parser.add_argument(
+        "--fakes-niceness",
+        type=int,
+        choices=range(20),
+        default=DEFAULT_FAKES_NICENESS,
+        metavar="0-19",
+        help="nice value of this process (fake Discord, fake provider, driver) once the bots run;"
+        " they are remote services in production (default %(default)s)",
+    )
+    parser.add_argument(
+        "--postgres-niceness",
+        type=int,
+        choices=range(20),
+        default=DEFAULT_POSTGRES_NICENESS,
+        metavar="0-19",
+        help="nice value of the PostgreSQL server the benchmark starts (default %(default)s)",
+    )
+    parser.add_argument(
         "--trace-stalls", type=Path, default=None, help="write where stalls happened to this dir"
     )
     arguments = parser.parse_args()
@@ -433,5 +501,7 @@ if __name__ == "__main__":
             arguments.seed,
             arguments.scale,
             arguments.trace_stalls and arguments.trace_stalls.resolve(),
+            arguments.fakes_niceness,
+            arguments.postgres_niceness,
         )
     )
