@@ -172,7 +172,7 @@ class Animate(commands.Cog):
             f"Job {job.id} {what}: <@{job.requester_id}>, {job.model} {job.resolution}, "
             f"{job.duration} s."
         )
-        await post_audit(self.bot, job.guild_id, line)
+        await post_audit(self.bot, job.guild_id, line, fallback_language=job.public_language)
 
     async def _announce_credits(self, text: Message) -> None:
         # Every server that has a log channel hears it once per pause.

@@ -29,16 +29,21 @@ MESSAGE_LIMIT = 2000
 UNKNOWN_CHANNEL = 10003
 
 
-async def post_audit(bot: AnimateBot, guild_id: int, text: Message) -> None:
+async def post_audit(
+    bot: AnimateBot, guild_id: int, text: Message, *, fallback_language: str | None = None
+) -> None:
     """Post `text` in the server's log channel, in the server's language, if it has one.
-    Never raises."""
+    `fallback_language` (a job's recorded public language) serves when this process does not
+    see the server (another process's shard). Never raises."""
     try:
         config = await bot.guild_settings.get(guild_id)
     except Exception:
         log.warning("audit line for guild %s not posted: settings unreadable", guild_id)
         return
     if config.log_channel_id is not None:
-        await post_to_channel(bot, guild_id, config.log_channel_id, text)
+        await post_to_channel(
+            bot, guild_id, config.log_channel_id, text, fallback_language=fallback_language
+        )
 
 
 async def post_audit_everywhere(bot: AnimateBot, text: Message) -> None:
@@ -55,7 +60,12 @@ async def post_audit_everywhere(bot: AnimateBot, text: Message) -> None:
 
 
 async def post_to_channel(
-    bot: AnimateBot, guild_id: int, channel_id: int, message: Message
+    bot: AnimateBot,
+    guild_id: int,
+    channel_id: int,
+    message: Message,
+    *,
+    fallback_language: str | None = None,
 ) -> bool:
     """Post one audit line in a given channel (say, the log channel an admin just replaced),
     in the server's preferred language.
@@ -63,7 +73,7 @@ async def post_to_channel(
     True when posted. A log channel that no longer exists is forgotten, so the next lines do
     not try it again; any other failure is logged and ignored.
     """
-    text = render(message, _language(bot, guild_id))
+    text = render(message, _language(bot, guild_id, fallback_language))
     if len(text) > MESSAGE_LIMIT:
         text = text[: MESSAGE_LIMIT - 1] + "…"
     # A partial channel: no cache needed (another process may own the guild's shard).
@@ -97,13 +107,15 @@ async def post_to_channel(
     return True
 
 
-def _language(bot: AnimateBot, guild_id: int) -> str:
-    # A server this process does not see (another shard's): its language is unknown here.
+def _language(bot: AnimateBot, guild_id: int, fallback: str | None) -> str:
+    # A server this process does not see (another shard's): the caller's fallback, else English.
     try:
-        return guild_language(bot.get_guild(guild_id))
+        guild = bot.get_guild(guild_id)
     except Exception:
-        log.warning("language of guild %s unknown; audit line in English", guild_id)
-        return guild_language(None)
+        guild = None
+    if guild is None:
+        return fallback or guild_language(None)
+    return guild_language(guild)
 
 
 async def _forget_channel(bot: AnimateBot, guild_id: int, channel_id: int) -> None:

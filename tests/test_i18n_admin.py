@@ -14,7 +14,7 @@ from bot.guild_settings import BotDefaults
 from bot.i18n import _t, render
 from bot.spending import LimitReached, Spending, money
 from bot.store import JobStore
-from cogs.audit import post_audit, post_audit_everywhere
+from cogs.audit import post_audit, post_audit_everywhere, post_to_channel
 from tests.test_admin import Server
 from tests.test_admin import server as server  # the fixtures, shared with the admin tests
 from tests.test_discord_bot import env as env
@@ -102,3 +102,22 @@ async def test_audit_lines_follow_the_servers_language_not_the_admins(server: Se
     notice, plain = server.lines_in(log_channel)[2:]
     assert notice.content == f"Spent {de_usd('1.234,50')}."
     assert plain.content == "a plain line, $1.20"
+
+
+async def test_an_audit_line_for_a_server_this_process_does_not_see_uses_the_jobs_language(
+    server: Server,
+) -> None:
+    """With several processes a job may end in one that does not own its server's shard: the
+    language the job recorded stands in for the server's; without one, English."""
+    fake = server.env.discord
+    log_channel = fake.add_text_channel(server.env.guild_id, "mod-log")
+    unseen_guild = 4242  # not in this process's cache
+    assert server.bot.get_guild(unseen_guild) is None
+    line = _t("Spent {amount}.", amount=money(2.5))
+    assert await post_to_channel(
+        server.bot, unseen_guild, log_channel, line, fallback_language="fr"
+    )
+    assert await post_to_channel(server.bot, unseen_guild, log_channel, line)
+    french, english = server.lines_in(log_channel)
+    assert french.content == "Spent 2,50\xa0$US."
+    assert english.content == "Spent $2.50."
