@@ -69,11 +69,6 @@ def language_for(discord_locale: object) -> str:
     return base if base in LANGUAGES else ENGLISH
 
 
-def discord_locales(language: str) -> list[str]:
-    """The Discord locale codes a catalogue serves (for command-name localizations)."""
-    return [code for code, lang in _DISCORD_LOCALES.items() if lang == language]
-
-
 # --- values that format themselves for a language ------------------------------------------------
 
 

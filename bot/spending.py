@@ -111,11 +111,6 @@ def to_usd(micros: int) -> float:
     return micros / MICROS_PER_USD
 
 
-def format_usd(usd: float) -> str:
-    """English dollars for logs; user text uses `money(usd)`."""
-    return f"${max(usd, 0.0):,.2f}"
-
-
 def money(usd: float) -> Money:
     """An amount for user text, as the bot has always shown it: whole cents, never negative
     (so float sums such as 0.1 + 0.2 do not show their last digits)."""
@@ -134,11 +129,6 @@ def estimate_usd(
         if key in model_prices:
             return round(model_prices[key] * duration, 6)
     return spec.estimate_usd(duration=duration, resolution=resolution)
-
-
-def discord_time(moment: datetime) -> str:
-    """A Discord timestamp that each reader sees in their own zone, relative ("in 5 hours")."""
-    return f"<t:{int(moment.timestamp())}:R>"
 
 
 def unix_time(moment: datetime) -> int:

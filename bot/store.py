@@ -597,16 +597,9 @@ class JobStore:
         whose request may already have reached the provider (`submit_sent_at` set) is taken only
         `in_flight_grace_seconds` after its lease ran out (see JobService for the rule).
         """
-        now = require_aware(now, "now")
-        lease = _lease(lease_seconds)
-        grace = in_flight_grace_seconds
-        due = sa.and_(jobs.c.state == JobState.SUBMITTING, _submit_due(now, grace))
-        values = {
-            "next_poll_at": now + lease,
-            "submit_attempts": jobs.c.submit_attempts + 1,
-            "submit_worker": worker,
-            "updated_at": now,
-        }
+        due, values = _submit_claim(
+            require_aware(now, "now"), lease_seconds, worker, in_flight_grace_seconds
+        )
         return await self._update_one(job_id, due, values)
 
     async def hold_submit(
@@ -638,19 +631,7 @@ class JobStore:
         Claimable: `to_deliver`, or `delivering` whose lease has run out (its worker died).
         One conditional UPDATE, so of any number of concurrent claimers exactly one wins.
         """
-        now = require_aware(now, "now")
-        lease = _lease(lease_seconds)
-        claimable = sa.or_(
-            jobs.c.state == JobState.TO_DELIVER,
-            sa.and_(jobs.c.state == JobState.DELIVERING, _lease_expired(now)),
-        )
-        values = {
-            "state": JobState.DELIVERING,
-            "delivery_worker": worker,
-            "delivery_lease_until": now + lease,
-            "delivery_attempts": jobs.c.delivery_attempts + 1,
-            "updated_at": now,
-        }
+        claimable, values = _delivery_claim(require_aware(now, "now"), lease_seconds, worker)
         return await self._update_one(job_id, claimable, values)
 
     async def hold_delivery(
@@ -740,16 +721,9 @@ class JobStore:
         Due and leased as in `claim_submit` (next_poll_at moves a lease ahead, submit_attempts
         counts up, `worker` is named in submit_worker); jobs come back as claimed.
         """
-        now = require_aware(now, "now")
-        due = sa.and_(
-            jobs.c.state == JobState.SUBMITTING, _submit_due(now, in_flight_grace_seconds)
+        due, values = _submit_claim(
+            require_aware(now, "now"), lease_seconds, worker, in_flight_grace_seconds
         )
-        values = {
-            "next_poll_at": now + _lease(lease_seconds),
-            "submit_attempts": jobs.c.submit_attempts + 1,
-            "submit_worker": worker,
-            "updated_at": now,
-        }
         order = (sa.func.coalesce(jobs.c.next_poll_at, jobs.c.created_at), jobs.c.id)
         return await self._claim_many(due, order, values, limit)
 
@@ -768,20 +742,9 @@ class JobStore:
         jobs in `skip` (the ones this process is posting already) are left alone. Jobs come back
         as claimed: `delivering`, held by `worker` for a lease.
         """
-        now = require_aware(now, "now")
-        claimable = sa.or_(
-            jobs.c.state == JobState.TO_DELIVER,
-            sa.and_(jobs.c.state == JobState.DELIVERING, _lease_expired(now)),
-        )
+        claimable, values = _delivery_claim(require_aware(now, "now"), lease_seconds, worker)
         if skip:
             claimable = sa.and_(claimable, jobs.c.id.not_in(list(skip)))
-        values = {
-            "state": JobState.DELIVERING,
-            "delivery_worker": worker,
-            "delivery_lease_until": now + _lease(lease_seconds),
-            "delivery_attempts": jobs.c.delivery_attempts + 1,
-            "updated_at": now,
-        }
         return await self._claim_many(claimable, (jobs.c.updated_at, jobs.c.id), values, limit)
 
     async def hold_poll(
@@ -1029,6 +992,39 @@ def _lease(lease_seconds: float) -> timedelta:
     if not lease_seconds > 0:
         raise ValueError(f"lease_seconds must be positive, got {lease_seconds}")
     return timedelta(seconds=lease_seconds)
+
+
+def _submit_claim(
+    now: datetime, lease_seconds: float, worker: str | None, in_flight_grace_seconds: float
+) -> tuple[sa.ColumnElement[bool], dict[str, Any]]:
+    """Which jobs a submit claim may take, and what taking one writes (one job or many)."""
+    due = sa.and_(jobs.c.state == JobState.SUBMITTING, _submit_due(now, in_flight_grace_seconds))
+    values = {
+        "next_poll_at": now + _lease(lease_seconds),
+        "submit_attempts": jobs.c.submit_attempts + 1,
+        "submit_worker": worker,
+        "updated_at": now,
+    }
+    return due, values
+
+
+def _delivery_claim(
+    now: datetime, lease_seconds: float, worker: str
+) -> tuple[sa.ColumnElement[bool], dict[str, Any]]:
+    """Which jobs a delivery claim may take (`to_deliver`, or `delivering` whose lease ran out:
+    its worker died), and what taking one writes."""
+    claimable = sa.or_(
+        jobs.c.state == JobState.TO_DELIVER,
+        sa.and_(jobs.c.state == JobState.DELIVERING, _lease_expired(now)),
+    )
+    values = {
+        "state": JobState.DELIVERING,
+        "delivery_worker": worker,
+        "delivery_lease_until": now + _lease(lease_seconds),
+        "delivery_attempts": jobs.c.delivery_attempts + 1,
+        "updated_at": now,
+    }
+    return claimable, values
 
 
 def _submit_due(now: datetime, in_flight_grace_seconds: float) -> sa.ColumnElement[bool]:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 from discord import app_commands
 
 from bot.i18n import ENGLISH, Message, language_for, render, translate_if_known
-
-if TYPE_CHECKING:
-    from bot.jobs import Job
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +53,6 @@ def guild_language(guild: discord.Guild | None) -> str:
 
 def for_member(interaction: discord.Interaction[Any], message: Message) -> str:
     return render(message, member_language(interaction))
-
-
-def for_channel(interaction: discord.Interaction[Any], message: Message) -> str:
-    return render(message, server_language(interaction))
-
-
-def job_language(job: Job) -> str:
-    """The language of what is posted about a job where it was asked (or by DM)."""
-    return job.language_for_delivery()
 
 
 class CatalogTranslator(app_commands.Translator):
