@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import io
 import logging
 import math
@@ -53,6 +52,7 @@ from bot.imaging import (
 )
 from bot.jobs import Job, JobState, NewJob, Outcome
 from bot.metrics import NO_METRICS, Metrics
+from bot.polling import FixedPollSchedule, PollSchedule
 from bot.provider import DownloadedVideo, GenerationState, ProviderClient, VideoLinkRefused
 from bot.store import JobStore
 from bot.timing import CompletionTimes, Estimate
@@ -191,132 +191,6 @@ class PreparedRequest:
     @property
     def estimated_usd(self) -> float | None:
         return self.spec.estimate_usd(duration=self.duration, resolution=self.resolution)
-
-
-class PollSchedule:
-    """When to ask the provider again, from the learned completion times (bot.timing).
-
-    One early look (quick refusals such as moderation), then quiet until the median, a look
-    every POLL_MIN_INTERVAL_SECONDS from there to about the 98th percentile, and growing gaps
-    after that (until a setting has finished enough jobs, see COLD_INTERVAL). A look costs a
-    request for every job still running, so looks early in the window (when nearly every job
-    is) are dear and late ones cheap: the close looks start at the median, not at the 10th
-    percentile, and run on well past the 90th. Half of all videos are then noticed within one
-    gap, for fewer requests than a fixed 10 s poll (bench/poll_schedule.py); the price is a
-    longer wait for the videos that finish before the median. Errors back off exponentially
-    with jitter.
-    """
-
-    EARLY_CHECK_FRACTION = 0.2
-    WINDOW_START_Z = 0.0
-    """Close polls start at the median (z-score on the log-normal fit through p10–p90)."""
-    WINDOW_END_Z = 2.0
-    """... and end at the ~98th: late in the window a look costs little (most jobs are done)
-    while the chance that a still-running job finishes next stays high."""
-    TAIL_GROWTH = 0.25
-    """Past the window each gap grows by a quarter of the time since it ended."""
-    BUDGET_INTERVAL = 10.0
-    """The close window never costs more requests than polling every this many seconds."""
-    COLD_INTERVAL = 5.0
-    """Until a setting has learned times, the window is the cold estimate's p10–p90 (0.7–1.5×
-    the catalogue's time, as before learning) with polls this far apart: the catalogue's figure
-    can be far off, and close polls in the wrong place cost a request each for nothing."""
-    MAX_ERROR_DELAY = 300.0
-
-    def __init__(self, settings: Settings, rng: Callable[[], float] = random.random) -> None:
-        self.min_interval = settings.poll_min_interval_seconds
-        self.max_interval = settings.poll_max_interval_seconds
-        self.rng = rng
-
-    def first_delay(self, estimate: Estimate) -> float:
-        return max(self.min_interval, self.EARLY_CHECK_FRACTION * estimate.p50)
-
-    def next_delay(
-        self, *, elapsed: float, estimate: Estimate, consecutive_errors: int = 0
-    ) -> float:
-        if consecutive_errors > 0:
-            return self.error_delay(consecutive_errors)
-        if estimate.learned:
-            window_start = estimate.quantile(self.WINDOW_START_Z)
-            window_end = self._affordable_end(estimate, window_start)
-            gap = self.min_interval
-        else:
-            # The catalogue's time may be far off: a wider window, less closely watched.
-            window_start, window_end = estimate.p10, estimate.p90
-            gap = max(self.min_interval, self.COLD_INTERVAL)
-        if elapsed < window_start - gap:
-            return window_start - elapsed
-        if elapsed < max(window_end, window_start + 2 * gap):
-            return gap
-        overdue = elapsed - window_end
-        return min(self.max_interval, self.min_interval + self.TAIL_GROWTH * overdue)
-
-    def _affordable_end(self, estimate: Estimate, window_start: float) -> float:
-        """Where close polls stop: about the 98th percentile, or sooner when the whole plan
-        would cost more requests than a fixed 10 s poll (every job pays for each look it is
-        still running at). With a very wide spread the median lag then rises, not the bill."""
-        return _affordable_end(
-            estimate,
-            window_start,
-            self.first_delay(estimate),
-            self.min_interval,
-            self.max_interval,
-            self.TAIL_GROWTH,
-            self.WINDOW_END_Z,
-            self.BUDGET_INTERVAL,
-        )
-
-    def error_delay(self, consecutive_errors: int) -> float:
-        ceiling = min(self.MAX_ERROR_DELAY, self.min_interval * math.pow(2, consecutive_errors))
-        # Full jitter keeps many bots (or jobs) from retrying in lock-step.
-        return max(self.min_interval, ceiling * (0.5 + 0.5 * self.rng()))
-
-
-@functools.lru_cache(maxsize=512)
-def _affordable_end(
-    estimate: Estimate,
-    window_start: float,
-    first: float,
-    gap: float,
-    max_gap: float,
-    growth: float,
-    end_z: float,
-    budget_interval: float,
-) -> float:
-    # Cached: an estimate changes at most once a minute, and this is a few thousand steps.
-    horizon = estimate.quantile(3.1)  # beyond the 99.9th percentile nothing counts
-
-    def cost(times: list[float]) -> float:
-        # Each look is paid for by the jobs still running at the look before it.
-        return 1 + sum(estimate.survival(t) for t in [0.0, *times[:-1]] if t < horizon)
-
-    fixed = cost([budget_interval * (k + 1) for k in range(int(horizon / budget_interval) + 1)])
-    end = estimate.quantile(end_z)
-    while end > window_start + 2 * gap:
-        times = [first] if first < window_start else []
-        moment = window_start
-        while moment < horizon:
-            times.append(moment)
-            overdue = moment - end
-            moment += gap if overdue < 0 else min(max_gap, gap + growth * overdue)
-        if cost(times) <= fixed:
-            return end
-        end -= 2 * gap
-    return window_start + 2 * gap
-
-
-class FixedPollSchedule(PollSchedule):
-    """Poll every POLL_MIN_INTERVAL_SECONDS from the start (errors still back off)."""
-
-    def first_delay(self, estimate: Estimate) -> float:
-        return self.min_interval
-
-    def next_delay(
-        self, *, elapsed: float, estimate: Estimate, consecutive_errors: int = 0
-    ) -> float:
-        if consecutive_errors > 0:
-            return self.error_delay(consecutive_errors)
-        return self.min_interval
 
 
 # When a submit request may have reached the provider but its answer was never recorded, the job
@@ -1039,7 +913,9 @@ class JobService:
 
     async def _estimate(self, job: Job) -> Estimate:
         await self.timing.refresh_if_stale()
-        return self.timing.for_job(job)
+        estimate = self.timing.for_job(job)
+        await self.schedule.prepare(estimate)
+        return estimate
 
     def _waited(self, job: Job, now: datetime) -> float:
         """Time this job has waited that counts against the member's timeout.

@@ -92,6 +92,23 @@ class Estimate:
             samples=len(ordered),
         )
 
+    @classmethod
+    def from_intervals(cls, intervals: Sequence[tuple[float, float]]) -> Estimate:
+        """From what the looks saw: each job finished after the last look that found it running
+        and by the look that found it done (seconds from submission). The log-normal that makes
+        those observations most likely, not their midpoints: a video that finished just before
+        a late look would otherwise count as finishing halfway through a long quiet gap, and the
+        spread would come out far too wide."""
+        if not intervals:
+            raise ValueError("no samples")
+        mu, sigma = fit_log_normal(intervals)
+        return cls(
+            math.exp(mu - _Z90 * sigma),
+            math.exp(mu),
+            math.exp(mu + _Z90 * sigma),
+            samples=len(intervals),
+        )
+
     @property
     def spread(self) -> float:
         """The log-normal σ through p10 and p90 (completion times are skewed to the right)."""
@@ -113,6 +130,60 @@ class Estimate:
     def quantile(self, z: float) -> float:
         """The time by which a fraction Φ(z) of jobs is done (log-normal through p50 and σ)."""
         return max(self.p50, 1.0) * math.exp(self.spread * z)
+
+
+def fit_log_normal(
+    intervals: Sequence[tuple[float, float]], *, iterations: int = 200
+) -> tuple[float, float]:
+    """Maximum-likelihood (μ, σ) of log completion times seen only as intervals (after, by].
+
+    Expectation–maximisation: each log time is replaced by its expected value (and square) under
+    the current fit, restricted to its interval; the new fit is their mean and spread. Every step
+    raises the likelihood. An interval starting at 0 is open below."""
+    bounds: list[tuple[float, float]] = []
+    for after, by in intervals:
+        by = max(by, 1e-3)
+        after = min(max(after, 0.0), by)
+        if by - after < 1e-3:
+            after = max(0.0, by - 1e-3)  # a point: a sliver around it
+        bounds.append((math.log(after) if after > 0 else -math.inf, math.log(by)))
+    centres = [high if low == -math.inf else (low + high) / 2 for low, high in bounds]
+    mu = sum(centres) / len(centres)
+    sigma = max(_MIN_SIGMA, math.sqrt(sum((c - mu) ** 2 for c in centres) / len(centres)))
+    for _ in range(iterations):
+        first_moment = second_moment = 0.0
+        for (low, high), centre in zip(bounds, centres, strict=True):
+            alpha, beta = (low - mu) / sigma, (high - mu) / sigma
+            mass = _normal_cdf(beta) - _normal_cdf(alpha)
+            if mass < 1e-12:
+                # Far in a tail of the current fit: its nearest end stands in.
+                value = high if beta < 0 else (centre if alpha == -math.inf else low)
+                first_moment += value
+                second_moment += value * value
+                continue
+            pdf_alpha = _normal_pdf(alpha) if alpha != -math.inf else 0.0
+            alpha_pdf = alpha * pdf_alpha if alpha != -math.inf else 0.0
+            pdf_beta = _normal_pdf(beta)
+            shift = (pdf_alpha - pdf_beta) / mass
+            mean = mu + sigma * shift
+            variance = sigma**2 * (1 + (alpha_pdf - beta * pdf_beta) / mass - shift**2)
+            first_moment += mean
+            second_moment += max(variance, 0.0) + mean * mean
+        new_mu = first_moment / len(bounds)
+        new_sigma = math.sqrt(max(second_moment / len(bounds) - new_mu**2, _MIN_SIGMA**2))
+        converged = abs(new_mu - mu) < 1e-6 and abs(new_sigma - sigma) < 1e-6
+        mu, sigma = new_mu, new_sigma
+        if converged:
+            break
+    return mu, max(sigma, _MIN_SIGMA)
+
+
+def _normal_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2))
+
+
+def _normal_pdf(z: float) -> float:
+    return math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
 
 
 def percentile(ordered: Sequence[float], fraction: float) -> float:
@@ -226,14 +297,14 @@ class CompletionTimes:
             log.warning("could not read completion times (%s); keeping the old ones", exc_kind)
             self._next_refresh = self._now() + timedelta(seconds=RETRY_SECONDS)
             return
-        self._learned = {
-            key: Estimate.from_samples(seconds)
-            for key, seconds in durations.items()
-            if len(seconds) >= self.min_samples
-        }
+        enough = {k: seen for k, seen in durations.items() if len(seen) >= self.min_samples}
+        # Fitting is a few milliseconds of arithmetic per setting: kept off the event loop.
+        self._learned = await asyncio.to_thread(
+            lambda: {key: Estimate.from_intervals(seen) for key, seen in enough.items()}
+        )
         self._next_refresh = self._now() + timedelta(seconds=self.refresh_seconds)
 
-    async def _read(self) -> dict[TimingKey, list[float]]:
+    async def _read(self) -> dict[TimingKey, list[tuple[float, float]]]:
         if self.store is None:
             return {}
         async with self.store.engine.connect() as connection:
@@ -258,26 +329,24 @@ class CompletionTimes:
                 .order_by(jobs.c.id.desc())
             )
             rows = (await connection.execute(query)).all()
-        durations: dict[TimingKey, list[float]] = {}
+        durations: dict[TimingKey, list[tuple[float, float]]] = {}
         for model, resolution, duration, submitted_at, last_checked_at, finished_at in rows:
-            seconds = _completion_seconds(submitted_at, last_checked_at, finished_at)
+            seen = _completion_interval(submitted_at, last_checked_at, finished_at)
             kept = durations.setdefault(TimingKey(model, resolution, int(duration)), [])
-            if seconds > 0 and len(kept) < self.samples_per_key:
-                kept.append(seconds)
+            if seen[1] > 0 and len(kept) < self.samples_per_key:
+                kept.append(seen)
         return durations
 
 
-def _completion_seconds(
+def _completion_interval(
     submitted_at: datetime, last_checked_at: datetime | None, finished_at: datetime
-) -> float:
-    """When the provider finished, as best we know: between the last look that found the job
-    still running and the look that found it done. The middle of that gap, not its end: a job
-    that finished long before a sparse look would otherwise teach the schedule to look later
-    still."""
+) -> tuple[float, float]:
+    """When the provider finished, as the looks saw it: after the last look that found the job
+    still running and by the look that found it done (seconds from submission)."""
     before = last_checked_at if last_checked_at is not None else submitted_at
     if not submitted_at <= before <= finished_at:
         before = finished_at
-    return ((before - submitted_at) + (finished_at - before) / 2).total_seconds()
+    return (before - submitted_at).total_seconds(), (finished_at - submitted_at).total_seconds()
 
 
 def round_duration(seconds: float) -> float:
