@@ -193,6 +193,7 @@ class PollSchedule:
         self.min_interval = settings.poll_min_interval_seconds
         self.max_interval = settings.poll_max_interval_seconds
         self.rng = rng
+        self._planned: set[Estimate] = set()
 
     def first_delay(self, estimate: Estimate) -> float:
         return max(self.min_interval, self.EARLY_CHECK_FRACTION * estimate.p50)
@@ -210,8 +211,11 @@ class PollSchedule:
     async def prepare(self, estimate: Estimate) -> None:
         """Work out a new estimate's plan in a thread (tens of milliseconds of CPU), so the event
         loop never waits for it; later `next_delay` calls find it cached."""
-        if estimate.learned:
+        if estimate.learned and estimate not in self._planned:
             await asyncio.to_thread(self.plan, estimate)
+            if len(self._planned) > 256:
+                self._planned.clear()  # estimates are replaced every refresh; old ones go
+            self._planned.add(estimate)
 
     def next_delay(
         self, *, elapsed: float, estimate: Estimate, consecutive_errors: int = 0

@@ -4,7 +4,7 @@ Discord-free. `CompletionTimes` reads the jobs table (submitted → finished, vi
 for each (model, resolution, duration), keeps the result in memory and reads again every few
 minutes; until a setting has enough finished jobs it answers from the catalogue's typical time.
 The answer (`Estimate`: 10th, 50th and 90th percentile, seconds from submission) drives the poll
-schedule (bot.service.PollSchedule) and the ETA on the status message (`Eta`).
+schedule (bot.polling.PollSchedule) and the ETA on the status message (`Eta`).
 """
 
 from __future__ import annotations

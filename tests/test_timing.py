@@ -433,6 +433,8 @@ def test_a_new_plan_is_worked_out_off_the_event_loop() -> None:
         schedule.plan = plan  # type: ignore[method-assign]
         await schedule.prepare(estimate)
         assert planned_in and loop_thread not in planned_in
+        await schedule.prepare(estimate)
+        assert len(planned_in) == 1, "a known estimate is not handed to a thread again"
 
     asyncio.run(prepare_in_a_loop())
     assert plan_polls.cache_info().currsize == 1, "the next look finds the plan ready"
