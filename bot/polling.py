@@ -88,6 +88,7 @@ def plan_polls(
     budget_interval: float,
     lag_weight: float,
     budget_share: float = BUDGET_SHARE,
+    give_up_after: float = math.inf,
 ) -> PollPlan:
     """The looks that minimise  requests + a·P(noticed later than `window`) + lag_weight·E[lag]
     with `a` as large as the request budget (`budget_share` of a fixed `budget_interval` poll's)
@@ -99,7 +100,9 @@ def plan_polls(
     change at most once a refresh); `PollSchedule.prepare` computes new ones off the loop.
     """
     times_fit = _LogNormal(estimate)
-    horizon = estimate.quantile(HORIZON_Z)
+    # Nothing is planned past the job's time-out: with a very wide spread the 99.9th percentile
+    # could be days away and the grid would become too coarse to place the first looks.
+    horizon = min(estimate.quantile(HORIZON_Z), max(give_up_after, 4 * window))
     step = max(window, horizon / MAX_PLAN_POINTS)
     first_index = max(1, math.ceil(first / step - 1e-9))
     last_index = max(first_index + 1, math.ceil(horizon / step))
@@ -192,6 +195,7 @@ class PollSchedule:
     def __init__(self, settings: Settings, rng: Callable[[], float] = random.random) -> None:
         self.min_interval = settings.poll_min_interval_seconds
         self.max_interval = settings.poll_max_interval_seconds
+        self.give_up_after = settings.job_timeout_seconds
         self.rng = rng
         self._planned: set[Estimate] = set()
 
@@ -206,6 +210,7 @@ class PollSchedule:
             max_gap=self.max_interval,
             budget_interval=self.BUDGET_INTERVAL,
             lag_weight=self.LAG_WEIGHT,
+            give_up_after=self.give_up_after,
         )
 
     async def prepare(self, estimate: Estimate) -> None:

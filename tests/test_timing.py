@@ -404,6 +404,16 @@ def test_no_spread_costs_more_requests_than_a_10_second_poll(sigma: float) -> No
     assert requests <= every_10_s
 
 
+def test_a_model_with_a_huge_spread_is_still_watched_from_early_on() -> None:
+    """Half its videos take under a minute, some an hour: looks must not be spaced by the hour."""
+    schedule = PollSchedule(settings(POLL_MIN_INTERVAL_SECONDS="2"))
+    erratic = Estimate(p10=4, p50=60, p90=1000, samples=40)
+    plan = schedule.plan(erratic)
+    assert plan.times[0] <= 14, "the early look"
+    assert sum(1 for t in plan.times if t <= 60) >= 5, "looks before the median"
+    assert plan.times[-1] <= settings().job_timeout_seconds, "nothing planned past the time-out"
+
+
 @pytest.mark.parametrize("sigma", [0.2, 0.3])
 def test_half_the_videos_are_noticed_within_2_seconds(sigma: float) -> None:
     """The learned plan's point: for no more requests than a 10 s poll (which notices ~20 %
