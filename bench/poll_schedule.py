@@ -277,7 +277,7 @@ def _bound_row(scenario: Scenario) -> str:
     def best(budget_interval: float) -> PollPlan:
         return plan_polls(
             truth,
-            first=2.0,
+            first=None,
             window=2.0,
             max_gap=1e6,
             budget_interval=budget_interval,

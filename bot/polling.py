@@ -82,7 +82,7 @@ def _normal_cdf(z: float) -> float:
 def plan_polls(
     estimate: Estimate,
     *,
-    first: float,
+    first: float | None,
     window: float,
     max_gap: float,
     budget_interval: float,
@@ -95,8 +95,9 @@ def plan_polls(
     allows.
 
     Grid: every `window` seconds (coarser for very slow models). The first look is fixed at
-    `first` (quick refusals); after it the next may come at any time, later gaps are at most
-    `max_gap` so no video waits long once the usual time has come. Cached per estimate (they
+    `first` (an early look for quick refusals) or, with None, planned like the rest; after it
+    the next may come at any time, later gaps are at most `max_gap` so no video waits long once
+    the usual time has come. Cached per estimate (they
     change at most once a refresh); `PollSchedule.prepare` computes new ones off the loop.
     """
     times_fit = _LogNormal(estimate)
@@ -104,8 +105,9 @@ def plan_polls(
     # could be days away and the grid would become too coarse to place the first looks.
     horizon = min(estimate.quantile(HORIZON_Z), max(give_up_after, 4 * window))
     step = max(window, horizon / MAX_PLAN_POINTS)
-    first_index = max(1, math.ceil(first / step - 1e-9))
-    last_index = max(first_index + 1, math.ceil(horizon / step))
+    # From `free_index` (the submission, or the early look) the next look may come at any time.
+    free_index = 0 if first is None else max(1, math.ceil(first / step - 1e-9))
+    last_index = max(free_index + 1, math.ceil(horizon / step))
     grid = [k * step for k in range(last_index + 1)]
     done = [times_fit.done_by(t) for t in grid]
     partial = [times_fit.partial_mean(t) for t in grid]
@@ -119,9 +121,9 @@ def plan_polls(
         # best[k]: the least cost from a look at grid[k] (job still running) to the horizon.
         best = [0.0] * (last_index + 1)
         following = [last_index] * (last_index + 1)
-        for k in range(last_index - 1, first_index - 1, -1):
+        for k in range(last_index - 1, free_index - 1, -1):
             running, done_k, partial_k = 1 - done[k], done[k], partial[k]
-            end = last_index if k == first_index else min(last_index, k + longest)
+            end = last_index if k == free_index else min(last_index, k + longest)
             cheapest = math.inf
             for j in range(k + 1, end + 1):
                 finished = done[j] - done_k
@@ -133,12 +135,16 @@ def plan_polls(
                 if cost < cheapest:
                     cheapest, following[k] = cost, j
             best[k] = cheapest
-        # Walk the plan from the first look (paid by every job) and measure it.
-        looks = [grid[first_index]]
-        requests = 1.0
-        lag = grid[first_index] * done[first_index] - partial[first_index]
-        missed = done_before_window[first_index]
-        k = first_index
+        # Walk the plan and measure it (from the submission, every look counted on the way).
+        looks: list[float] = []
+        requests = lag = missed = 0.0
+        k = 0
+        if free_index > 0:  # the early look, paid for by every job
+            looks.append(grid[free_index])
+            requests = 1.0
+            lag = grid[free_index] * done[free_index] - partial[free_index]
+            missed = done_before_window[free_index]
+            k = free_index
         while k < last_index:
             j = following[k]
             requests += 1 - done[k]
@@ -169,8 +175,9 @@ def plan_polls(
 class PollSchedule:
     """When to ask the provider again, from the learned completion times (bot.timing).
 
-    One early look (quick refusals such as moderation), then the plan of `plan_polls` on the
-    learned times: typically quiet until shortly before the median, a look every
+    The plan of `plan_polls` on the learned times: an early look only where this setting has
+    had quick refusals (a look when nearly every job is still running costs almost a request per
+    job), then typically quiet until shortly before the median, a look every
     POLL_MIN_INTERVAL_SECONDS through the late part of the spread, and gaps of at most
     POLL_MAX_INTERVAL_SECONDS elsewhere, costing no more requests than a fixed 10 s poll. Past
     the plan (the 99.9th percentile) gaps grow. Until a setting has learned times, a window of
@@ -179,6 +186,9 @@ class PollSchedule:
     """
 
     EARLY_CHECK_FRACTION = 0.2
+    """The early look, at this fraction of the usual time: always before anything is learned."""
+    QUICK_FAILURES_FOR_EARLY_LOOK = 0.02
+    """Once learned, the early look stays if at least this share of jobs failed that early."""
     BUDGET_INTERVAL = 10.0
     """A plan never expects more requests than polling every this many seconds."""
     LAG_WEIGHT = 0.2
@@ -200,12 +210,18 @@ class PollSchedule:
         self._planned: set[Estimate] = set()
 
     def first_delay(self, estimate: Estimate) -> float:
+        early = self._early_look(estimate)
+        return early if early is not None else self.plan(estimate).times[0]
+
+    def _early_look(self, estimate: Estimate) -> float | None:
+        if estimate.learned and estimate.quick_failures < self.QUICK_FAILURES_FOR_EARLY_LOOK:
+            return None
         return max(self.min_interval, self.EARLY_CHECK_FRACTION * estimate.p50)
 
     def plan(self, estimate: Estimate) -> PollPlan:
         return plan_polls(
             estimate,
-            first=self.first_delay(estimate),
+            first=self._early_look(estimate),
             window=self.min_interval,
             max_gap=self.max_interval,
             budget_interval=self.BUDGET_INTERVAL,

@@ -70,6 +70,9 @@ class Estimate:
     p90: float
     samples: int = 0
     """Finished jobs behind these figures; 0 when they come from the catalogue."""
+    quick_failures: float = 0.0
+    """Share of this setting's finished jobs that failed before its 10th percentile (a refusal
+    the provider reports soon after submission): worth an early look when it is not rare."""
 
     @property
     def learned(self) -> bool:
@@ -93,7 +96,9 @@ class Estimate:
         )
 
     @classmethod
-    def from_intervals(cls, intervals: Sequence[tuple[float, float]]) -> Estimate:
+    def from_intervals(
+        cls, intervals: Sequence[tuple[float, float]], failed_after: Sequence[float] = ()
+    ) -> Estimate:
         """From what the looks saw: each job finished after the last look that found it running
         and by the look that found it done (seconds from submission). The log-normal that makes
         those observations most likely, not their midpoints: a video that finished just before
@@ -102,11 +107,14 @@ class Estimate:
         if not intervals:
             raise ValueError("no samples")
         mu, sigma = fit_log_normal(intervals)
+        p10 = math.exp(mu - _Z90 * sigma)
+        quick = sum(1 for seconds in failed_after if seconds < p10)
         return cls(
-            math.exp(mu - _Z90 * sigma),
+            p10,
             math.exp(mu),
             math.exp(mu + _Z90 * sigma),
             samples=len(intervals),
+            quick_failures=quick / (len(intervals) + len(failed_after)),
         )
 
     @property
@@ -297,20 +305,28 @@ class CompletionTimes:
             log.warning("could not read completion times (%s); keeping the old ones", exc_kind)
             self._next_refresh = self._now() + timedelta(seconds=RETRY_SECONDS)
             return
-        enough = {k: seen for k, seen in durations.items() if len(seen) >= self.min_samples}
+        videos, failures = durations
+        enough = {k: seen for k, seen in videos.items() if len(seen) >= self.min_samples}
         # Fitting is a few milliseconds of arithmetic per setting: kept off the event loop.
         self._learned = await asyncio.to_thread(
-            lambda: {key: Estimate.from_intervals(seen) for key, seen in enough.items()}
+            lambda: {
+                key: Estimate.from_intervals(seen, failures.get(key, ()))
+                for key, seen in enough.items()
+            }
         )
         self._next_refresh = self._now() + timedelta(seconds=self.refresh_seconds)
 
-    async def _read(self) -> dict[TimingKey, list[tuple[float, float]]]:
+    async def _read(
+        self,
+    ) -> tuple[dict[TimingKey, list[tuple[float, float]]], dict[TimingKey, list[float]]]:
+        """Per setting: when its newest videos finished (as intervals, see
+        `_completion_interval`) and after how many seconds its newest failures were noticed."""
         if self.store is None:
-            return {}
+            return {}, {}
         async with self.store.engine.connect() as connection:
             newest = (await connection.execute(sa.select(sa.func.max(jobs.c.id)))).scalar()
             if newest is None:
-                return {}
+                return {}, {}
             query = (
                 sa.select(
                     jobs.c.model,
@@ -319,23 +335,31 @@ class CompletionTimes:
                     jobs.c.submitted_at,
                     jobs.c.last_checked_at,
                     jobs.c.finished_at,
+                    jobs.c.outcome,
                 )
                 .where(
                     jobs.c.id > int(newest) - self.recent_jobs,
-                    jobs.c.outcome == Outcome.VIDEO,
+                    jobs.c.outcome.in_([Outcome.VIDEO, Outcome.FAILED]),
                     jobs.c.submitted_at.is_not(None),
                     jobs.c.finished_at.is_not(None),
                 )
                 .order_by(jobs.c.id.desc())
             )
             rows = (await connection.execute(query)).all()
-        durations: dict[TimingKey, list[tuple[float, float]]] = {}
-        for model, resolution, duration, submitted_at, last_checked_at, finished_at in rows:
-            seen = _completion_interval(submitted_at, last_checked_at, finished_at)
-            kept = durations.setdefault(TimingKey(model, resolution, int(duration)), [])
+        videos: dict[TimingKey, list[tuple[float, float]]] = {}
+        failures: dict[TimingKey, list[float]] = {}
+        for model, resolution, duration, submitted, checked, finished, outcome in rows:
+            key = TimingKey(model, resolution, int(duration))
+            seen = _completion_interval(submitted, checked, finished)
+            if outcome == Outcome.FAILED:
+                failed = failures.setdefault(key, [])
+                if len(failed) < self.samples_per_key:
+                    failed.append(seen[1])
+                continue
+            kept = videos.setdefault(key, [])
             if seen[1] > 0 and len(kept) < self.samples_per_key:
                 kept.append(seen)
-        return durations
+        return videos, failures
 
 
 def _completion_interval(

@@ -169,6 +169,25 @@ async def test_sparse_looks_do_not_widen_the_learned_spread(store: JobStore) -> 
     assert learned.p90 == pytest.approx(true_p90, rel=0.08)
 
 
+async def test_an_early_look_only_where_refusals_come_early(store: JobStore) -> None:
+    """An early look costs nearly a request per job (almost every job is still running), so it
+    is kept only for settings whose failures have come early."""
+    schedule = PollSchedule(settings(POLL_MIN_INTERVAL_SECONDS="2"))
+    for seconds in (160, 170, 180, 185, 190, 195, 200, 210, 220, 240):
+        await finished_job(store, seconds)
+    timing = CompletionTimes(store, now=Now())
+    await timing.refresh()
+    calm = timing.estimate(SORA, "720p", 4)
+    assert schedule.first_delay(calm) > calm.p10 / 2, "no look while no video can be ready"
+
+    await finished_job(store, 12, outcome=Outcome.FAILED)  # refused soon after submission
+    await finished_job(store, 14, outcome=Outcome.FAILED)
+    await timing.refresh()
+    refusing = timing.estimate(SORA, "720p", 4)
+    assert refusing.quick_failures > 0.1
+    assert schedule.first_delay(refusing) == pytest.approx(0.2 * refusing.p50)
+
+
 async def test_only_the_newest_jobs_of_a_setting_count(store: JobStore) -> None:
     timing = CompletionTimes(store, now=Now(), samples_per_key=5)
     for seconds in (500, 500, 500, 500, 500, 100, 100, 100, 100, 100):
