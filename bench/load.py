@@ -215,6 +215,8 @@ def start_bot(
     env = bot_environment(run, tmp, database_url, shard, port)
     command = [sys.executable, "-m", "bot"]
     if trace is not None:
+        # The tracer's other settings (STALL_TRACE_SAMPLE_MS, STALL_TRACE_GC_CENSUS) pass through.
+        env.update({k: v for k, v in os.environ.items() if k.startswith("STALL_TRACE_")})
         env["STALL_TRACE_FILE"] = str(trace / f"shard{shard}.stalls.txt")
         command = [sys.executable, str(REPO / "bench" / "stall_trace.py")]
     with (tmp / f"shard{shard}.log").open("wb") as log:
