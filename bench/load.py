@@ -13,7 +13,7 @@ lag (provider completed -> video posted) p50/p99, the longest event-loop stall i
 and wall time. Goals: every video exactly once, no stall over 50 ms, <= 200 MB per process.
 
     python bench/load.py [--jobs 1000] [--rate 20] [--fakes-niceness 10]
-                         [--postgres-niceness 0] [--trace-stalls DIR]
+                         [--postgres-niceness 0] [--deliveries N] [--trace-stalls DIR]
 
 Discord and the provider are remote services in production, but here the fakes run in this
 process on the bots' cores. By default this process (fakes and driver) runs at nice +10 once the
@@ -169,6 +169,8 @@ class Run:
     """Message id of each video -> when it was seen posted (wall clock)."""
     in_flight_peak: int = 0
     """Most jobs at the provider and not yet posted at one time (seen once a second)."""
+    extra_env: dict[str, str] = field(default_factory=dict)
+    """Settings given to both bots on top of the benchmark's own (--deliveries)."""
 
 
 def bot_environment(
@@ -206,6 +208,7 @@ def bot_environment(
         "MAX_ACTIVE_JOBS_PER_USER": "100000",
         "LOG_LEVEL": "WARNING",
         **no_limits,
+        **run.extra_env,
     }
 
 
@@ -281,6 +284,7 @@ async def main(
     trace: Path | None,
     fakes_niceness: int,
     postgres_niceness: int,
+    deliveries: int | None = None,
 ) -> None:
     rng = random.Random(seed)
     started = time.monotonic()
@@ -297,6 +301,8 @@ async def main(
             channels[guild] = discord_server.add_text_channel(guild, "animate")
         users = [discord_server.add_user(f"member{i}") for i in range(50)]
         run = Run(discord_server, provider, channels, users)
+        if deliveries is not None:
+            run.extra_env["MAX_CONCURRENT_DELIVERIES"] = str(deliveries)
         # Each job gets its own video bytes, so every post can be traced to its job.
         for number in range(jobs):
             video = VIDEO_PREFIX + f"job-{number:05d}".encode() * 64
@@ -388,6 +394,11 @@ async def main(
             f"nice +{fakes_niceness} (--fakes-niceness, default {DEFAULT_FAKES_NICENESS}), "
             f"PostgreSQL nice +{postgres_niceness} "
             f"(--postgres-niceness, default {DEFAULT_POSTGRES_NICENESS})"
+        )
+        print(
+            "delivery slots per process: "
+            + run.extra_env.get("MAX_CONCURRENT_DELIVERIES", "the bot's default")
+            + " (--deliveries)"
         )
 
 
@@ -491,6 +502,12 @@ if __name__ == "__main__":
         help="nice value of the PostgreSQL server the benchmark starts (default %(default)s)",
     )
     parser.add_argument(
+        "--deliveries",
+        type=int,
+        default=None,
+        help="MAX_CONCURRENT_DELIVERIES for both bots (default: the bot's own default)",
+    )
+    parser.add_argument(
         "--trace-stalls", type=Path, default=None, help="write where stalls happened to this dir"
     )
     arguments = parser.parse_args()
@@ -505,5 +522,6 @@ if __name__ == "__main__":
             arguments.trace_stalls and arguments.trace_stalls.resolve(),
             arguments.fakes_niceness,
             arguments.postgres_niceness,
+            arguments.deliveries,
         )
     )
