@@ -174,7 +174,8 @@ async def simulate(scenario: Scenario, schedule: str, jobs: int) -> tuple[Result
                     ARRIVAL_GAP_SECONDS
                 ):
                     after = typical * scenario.factor * math.exp(rng.gauss(0, scenario.sigma))
-                    provider.script_next_job(["generating", "completed"], complete_after=after)
+                    # "generating" until `after`, then "completed" (whenever the first look is).
+                    provider.script_next_job(["completed"], complete_after=after)
                     prepared = await service.prepare(
                         AnimateRequest(
                             image=image,

@@ -100,21 +100,24 @@ class Estimate:
         cls, intervals: Sequence[tuple[float, float]], failed_after: Sequence[float] = ()
     ) -> Estimate:
         """From what the looks saw: each job finished after the last look that found it running
-        and by the look that found it done (seconds from submission). The log-normal that makes
-        those observations most likely, not their midpoints: a video that finished just before
-        a late look would otherwise count as finishing halfway through a long quiet gap, and the
-        spread would come out far too wide."""
+        and by the look that found it done (seconds from submission; by = infinity: still
+        running, or given up, at the last look). The log-normal that makes those observations
+        most likely, not their midpoints: a video that finished just before a late look would
+        otherwise count as finishing halfway through a long quiet gap, and the spread would come
+        out far too wide. Jobs still running must count too, or the newest finished jobs (the
+        quick ones) make the times look shorter and narrower than they are."""
         if not intervals:
             raise ValueError("no samples")
         mu, sigma = fit_log_normal(intervals)
         p10 = math.exp(mu - _Z90 * sigma)
+        finished = sum(1 for _, by in intervals if by != math.inf)
         quick = sum(1 for seconds in failed_after if seconds < p10)
         return cls(
             p10,
             math.exp(mu),
             math.exp(mu + _Z90 * sigma),
-            samples=len(intervals),
-            quick_failures=quick / (len(intervals) + len(failed_after)),
+            samples=finished,
+            quick_failures=quick / max(1, finished + len(failed_after)),
         )
 
     @property
@@ -147,15 +150,23 @@ def fit_log_normal(
 
     Expectation–maximisation: each log time is replaced by its expected value (and square) under
     the current fit, restricted to its interval; the new fit is their mean and spread. Every step
-    raises the likelihood. An interval starting at 0 is open below."""
+    raises the likelihood. An interval starting at 0 is open below; one ending at infinity is a
+    job still running (or given up) after `after` seconds."""
     bounds: list[tuple[float, float]] = []
     for after, by in intervals:
         by = max(by, 1e-3)
         after = min(max(after, 0.0), by)
         if by - after < 1e-3:
             after = max(0.0, by - 1e-3)  # a point: a sliver around it
+        if after <= 0 and by == math.inf:
+            continue  # running, never looked at yet: says nothing
         bounds.append((math.log(after) if after > 0 else -math.inf, math.log(by)))
-    centres = [high if low == -math.inf else (low + high) / 2 for low, high in bounds]
+    if not any(high != math.inf for _, high in bounds):
+        raise ValueError("no finished job to learn from")
+    centres = [
+        high if low == -math.inf else low if high == math.inf else (low + high) / 2
+        for low, high in bounds
+    ]
     mu = sum(centres) / len(centres)
     sigma = max(_MIN_SIGMA, math.sqrt(sum((c - mu) ** 2 for c in centres) / len(centres)))
     for _ in range(iterations):
@@ -171,10 +182,11 @@ def fit_log_normal(
                 continue
             pdf_alpha = _normal_pdf(alpha) if alpha != -math.inf else 0.0
             alpha_pdf = alpha * pdf_alpha if alpha != -math.inf else 0.0
-            pdf_beta = _normal_pdf(beta)
+            pdf_beta = _normal_pdf(beta) if beta != math.inf else 0.0
+            beta_pdf = beta * pdf_beta if beta != math.inf else 0.0
             shift = (pdf_alpha - pdf_beta) / mass
             mean = mu + sigma * shift
-            variance = sigma**2 * (1 + (alpha_pdf - beta * pdf_beta) / mass - shift**2)
+            variance = sigma**2 * (1 + (alpha_pdf - beta_pdf) / mass - shift**2)
             first_moment += mean
             second_moment += max(variance, 0.0) + mean * mean
         new_mu = first_moment / len(bounds)
@@ -306,7 +318,11 @@ class CompletionTimes:
             self._next_refresh = self._now() + timedelta(seconds=RETRY_SECONDS)
             return
         videos, failures = durations
-        enough = {k: seen for k, seen in videos.items() if len(seen) >= self.min_samples}
+        enough = {
+            key: seen
+            for key, seen in videos.items()
+            if sum(1 for _, by in seen if by != math.inf) >= self.min_samples
+        }
         # Fitting is a few milliseconds of arithmetic per setting: kept off the event loop.
         self._learned = await asyncio.to_thread(
             lambda: {
@@ -319,8 +335,11 @@ class CompletionTimes:
     async def _read(
         self,
     ) -> tuple[dict[TimingKey, list[tuple[float, float]]], dict[TimingKey, list[float]]]:
-        """Per setting: when its newest videos finished (as intervals, see
-        `_completion_interval`) and after how many seconds its newest failures were noticed."""
+        """Per setting: what the looks saw of its newest jobs (intervals, see
+        `_completion_interval`), going back until `samples_per_key` of them are finished videos;
+        every job on the way counts, the ones still running (or given up) as "longer than the
+        last look", so slow jobs are not left out. And after how many seconds its newest
+        failures were noticed."""
         if self.store is None:
             return {}, {}
         async with self.store.engine.connect() as connection:
@@ -339,26 +358,33 @@ class CompletionTimes:
                 )
                 .where(
                     jobs.c.id > int(newest) - self.recent_jobs,
-                    jobs.c.outcome.in_([Outcome.VIDEO, Outcome.FAILED]),
                     jobs.c.submitted_at.is_not(None),
-                    jobs.c.finished_at.is_not(None),
                 )
                 .order_by(jobs.c.id.desc())
             )
             rows = (await connection.execute(query)).all()
         videos: dict[TimingKey, list[tuple[float, float]]] = {}
+        finished_videos: dict[TimingKey, int] = {}
         failures: dict[TimingKey, list[float]] = {}
         for model, resolution, duration, submitted, checked, finished, outcome in rows:
             key = TimingKey(model, resolution, int(duration))
-            seen = _completion_interval(submitted, checked, finished)
             if outcome == Outcome.FAILED:
                 failed = failures.setdefault(key, [])
-                if len(failed) < self.samples_per_key:
-                    failed.append(seen[1])
+                if finished is not None and len(failed) < self.samples_per_key:
+                    failed.append(_completion_interval(submitted, checked, finished)[1])
                 continue
-            kept = videos.setdefault(key, [])
-            if seen[1] > 0 and len(kept) < self.samples_per_key:
-                kept.append(seen)
+            if finished_videos.get(key, 0) >= self.samples_per_key:
+                continue
+            if outcome == Outcome.VIDEO and finished is not None:
+                seen = _completion_interval(submitted, checked, finished)
+                if seen[1] <= 0:
+                    continue
+                finished_videos[key] = finished_videos.get(key, 0) + 1
+            else:
+                # Running, timed out or cancelled: it took longer than the last look.
+                last_look = checked if checked is not None else submitted
+                seen = (max(0.0, (last_look - submitted).total_seconds()), math.inf)
+            videos.setdefault(key, []).append(seen)
         return videos, failures
 
 

@@ -169,6 +169,30 @@ async def test_sparse_looks_do_not_widen_the_learned_spread(store: JobStore) -> 
     assert learned.p90 == pytest.approx(true_p90, rel=0.08)
 
 
+async def test_jobs_still_running_count_as_slow_ones(store: JobStore) -> None:
+    """The newest finished jobs are the quick ones (the slow ones started at the same time are
+    still running): learning from them alone would promise too soon a time on every status."""
+    for seconds in (60, 62, 64, 66, 68, 70, 72, 74, 76, 78):
+        await finished_job(store, seconds)
+    for _ in range(10):  # submitted with them, still generating when last looked at, at 200 s
+        job = await store.create(new_job(), now=T0)
+        await store.transition(
+            job.id,
+            from_states=[JobState.SUBMITTING],
+            to_state=JobState.POLLING,
+            now=T0,
+            provider_job_id=f"gen-{job.id}",
+            submitted_at=T0,
+            last_checked_at=T0 + timedelta(seconds=200),
+        )
+    timing = CompletionTimes(store, now=Now())
+    await timing.refresh()
+    estimate = timing.estimate(SORA, "720p", 4)
+    assert estimate.samples == 10, "ten videos have finished"
+    assert estimate.p50 > 78, "half the jobs took longer than every finished one"
+    assert estimate.p90 > 200
+
+
 async def test_an_early_look_only_where_refusals_come_early(store: JobStore) -> None:
     """An early look costs nearly a request per job (almost every job is still running), so it
     is kept only for settings whose failures have come early."""
