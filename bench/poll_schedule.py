@@ -224,7 +224,7 @@ def _measure(per_job: list[tuple[int, float]]) -> Result:
 
 def _row(label: str, name: str, r: Result) -> str:
     return (
-        f"| {label} | {name} | {r.requests_per_job:.1f} | {r.lag_p50:.1f} s "
+        f"| {label} | {name} | {r.requests_per_job:.2f} | {r.lag_p50:.1f} s "
         f"| {r.lag_p90:.1f} s | {r.lag_mean:.1f} s | {r.lag_max:.1f} s |"
     )
 
@@ -284,6 +284,7 @@ def _bound_row(scenario: Scenario) -> str:
             budget_interval=budget_interval,
             lag_weight=0.0,
             budget_share=1.0,
+            spread_margin=1.0,
         )
 
     at_fixed = best(10.0)

@@ -31,6 +31,9 @@ HORIZON_Z = 3.1
 BUDGET_SHARE = 0.95
 """Plans aim this far under a fixed poll's requests: the learned spread is an estimate, and a tail
 wider than estimated makes the late close looks dearer than planned."""
+SPREAD_MARGIN = 1.1
+"""... and stay under it even if the true spread is this much wider than the learned one (with
+200 jobs the estimate is good to about ±5 %; a wider tail makes late close looks dearer)."""
 MAX_PLAN_POINTS = 600
 """Grid points at most (a model that takes an hour gets a coarser grid, not a slow plan)."""
 
@@ -57,8 +60,8 @@ class PollPlan:
 class _LogNormal:
     """Completion times as the estimate fits them: log-normal through p50 with its spread."""
 
-    def __init__(self, estimate: Estimate) -> None:
-        self.sigma = estimate.spread
+    def __init__(self, estimate: Estimate, widen: float = 1.0) -> None:
+        self.sigma = estimate.spread * widen
         self.mu = math.log(max(estimate.p50, 1.0))
         self.mean = math.exp(self.mu + self.sigma**2 / 2)
 
@@ -88,6 +91,7 @@ def plan_polls(
     budget_interval: float,
     lag_weight: float,
     budget_share: float = BUDGET_SHARE,
+    spread_margin: float = SPREAD_MARGIN,
     give_up_after: float = math.inf,
 ) -> PollPlan:
     """The looks that minimise  requests + a·P(noticed later than `window`) + lag_weight·E[lag]
@@ -116,6 +120,14 @@ def plan_polls(
     # A fixed poll's look k + 1 is paid for by the jobs still running at look k.
     fixed_looks = range(int(horizon // budget_interval) + 2)
     budget = budget_share * sum(1 - times_fit.done_by(budget_interval * k) for k in fixed_looks)
+    wider = _LogNormal(estimate, widen=spread_margin)
+    budget_if_wider = sum(1 - wider.done_by(budget_interval * k) for k in fixed_looks)
+
+    def affordable(plan: PollPlan) -> bool:
+        if plan.requests > budget:
+            return False
+        looks = [0.0, *plan.times[:-1]]
+        return sum(1 - wider.done_by(t) for t in looks) <= budget_if_wider
 
     def solve(miss_weight: float, weight: float) -> PollPlan:
         # best[k]: the least cost from a look at grid[k] (job still running) to the horizon.
@@ -156,20 +168,20 @@ def plan_polls(
 
     weight = lag_weight
     plan = solve(0.0, weight)
-    while plan.requests > budget and weight > 1e-4:
+    while not affordable(plan) and weight > 1e-4:
         # The lag term alone asks for more looks than the budget: weigh it less.
         weight /= 2
         plan = solve(0.0, weight)
     low, high = 0.0, 256.0
-    affordable = plan
+    chosen = plan
     for _ in range(12):
         middle = (low + high) / 2
         candidate = solve(middle, weight)
-        if candidate.requests <= budget:
-            low, affordable = middle, candidate
+        if affordable(candidate):
+            low, chosen = middle, candidate
         else:
             high = middle
-    return affordable
+    return chosen
 
 
 class PollSchedule:
