@@ -241,6 +241,7 @@ class JobService:
         # Deliveries (download + upload) run as tasks of their own, so a slow one never holds
         # up polling; at most max_concurrent_deliveries of them at once in this process.
         self._deliveries: dict[int, asyncio.Task[None]] = {}
+        self._stopping = False
         # Downloaded videos kept between delivery attempts, so a retry does not fetch again.
         self._videos: dict[int, DownloadedVideo] = {}
         self._encoded: dict[int, DownloadedVideo] = {}
@@ -712,29 +713,46 @@ class JobService:
         )
         touched += len(due)
         await asyncio.gather(*(self._guarded(job, self._poll(job, delivery)) for job in due))
-        free = self.settings.max_concurrent_deliveries - len(self._deliveries)
-        if free > 0:
-            # Claimed in one go, skipping rows another process is claiming; the ones this
-            # process is posting already are never taken over by itself.
-            claimed = await self.store.claim_due_deliveries(
-                self.clock.now(),
-                worker=self.worker_id,
-                lease_seconds=self.settings.lease_seconds,
-                limit=free,
-                skip=list(self._deliveries),
-            )
-            touched += len(claimed)
-            for job in claimed:
-                self._start_delivery(job, delivery)
+        touched += await self._start_due_deliveries(delivery)
         return touched
+
+    async def _start_due_deliveries(self, delivery: Delivery, *, finishing: int = 0) -> int:
+        """Claim finished jobs for the free delivery slots (`finishing`: slots whose delivery
+        is ending right now) and start posting them; how many were started."""
+        free = self.settings.max_concurrent_deliveries - len(self._deliveries) + finishing
+        if free <= 0 or self._stopping:
+            return 0
+        # Claimed in one go, skipping rows another process is claiming; the ones this process
+        # is posting already are never taken over by itself.
+        claimed = await self.store.claim_due_deliveries(
+            self.clock.now(),
+            worker=self.worker_id,
+            lease_seconds=self.settings.lease_seconds,
+            limit=free,
+            skip=list(self._deliveries),
+        )
+        for job in claimed:
+            self._start_delivery(job, delivery)
+        return len(claimed)
 
     def _start_delivery(self, job: Job, delivery: Delivery) -> None:
         """Post a job whose delivery this worker has claimed, as a task of its own."""
         task = asyncio.create_task(
-            self._guarded(job, self._deliver_leased(job, delivery)), name=f"deliver-job-{job.id}"
+            self._deliver_then_next(job, delivery), name=f"deliver-job-{job.id}"
         )
         self._deliveries[job.id] = task
         task.add_done_callback(lambda _: self._deliveries.pop(job.id, None))
+
+    async def _deliver_then_next(self, job: Job, delivery: Delivery) -> None:
+        await self._guarded(job, self._deliver_leased(job, delivery))
+        # The slot is free: a video that finished meanwhile is posted now, not a pass later
+        # (under load, finished jobs would otherwise queue for the next pass's few slots).
+        try:
+            await self._start_due_deliveries(delivery, finishing=1)
+        except Exception as exc:
+            log.warning(
+                "could not claim the next delivery (%s); the next pass will", type(exc).__name__
+            )
 
     def add_delivered_listener(self, listener: Callable[[Job], Awaitable[None]]) -> None:
         self._delivered_listeners.append(listener)
@@ -769,6 +787,7 @@ class JobService:
         A handed-back delivery keeps its state with an expired lease, so the next worker (or
         the next start) takes it up at once; an earlier post is found before posting again.
         """
+        self._stopping = True  # no delivery starts now, not even one chained to another
         running = list(self._deliveries.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace_seconds)

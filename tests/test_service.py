@@ -8,6 +8,7 @@ spent on bad input.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import itertools
 from collections.abc import AsyncIterator
@@ -757,3 +758,30 @@ async def test_pictures_are_kept_for_the_retention_period_then_removed(world: Wo
     world.clock.advance(2 * 86400)
     assert await world.service.forget_old_images() == 1
     assert await world.store.kept_image(job.id) is None
+
+
+async def test_a_freed_delivery_slot_posts_the_next_finished_video_at_once(world: World) -> None:
+    """With one delivery slot and two videos ready, the second is posted as soon as the first
+    is, not a background pass later (under load, finished videos queued for the next pass)."""
+    world.settings = dataclasses.replace(world.settings, max_concurrent_deliveries=1)
+    world.service = world.new_service()
+    jobs = []
+    for requester in (1, 2):
+        world.provider.script_next_job(["completed"], video=VIDEO)
+        jobs.append(await world.animate(requester_id=requester))
+    world.clock.advance(300)  # past the first look of both
+    await world.service.run_due(world.delivery)  # one pass: both found done, one slot
+    await world.service.wait_for_deliveries()
+    assert [len(world.delivery.for_job(job.id)) for job in jobs] == [1, 1]
+
+
+async def test_no_delivery_starts_once_shutting_down(world: World) -> None:
+    world.provider.script_next_job(["completed"], video=VIDEO)
+    job = await world.animate()
+    await world.service.shutdown(grace_seconds=1)
+    world.clock.advance(300)
+    await world.service.run_due(world.delivery)
+    await world.service.wait_for_deliveries()
+    assert world.delivery.for_job(job.id) == []
+    current = await world.store.get(job.id)
+    assert current is not None and current.state == JobState.TO_DELIVER, "left for the next start"
