@@ -285,6 +285,7 @@ async def main(
     fakes_niceness: int,
     postgres_niceness: int,
     deliveries: int | None = None,
+    bot_settings: dict[str, str] | None = None,
 ) -> None:
     rng = random.Random(seed)
     started = time.monotonic()
@@ -301,6 +302,7 @@ async def main(
             channels[guild] = discord_server.add_text_channel(guild, "animate")
         users = [discord_server.add_user(f"member{i}") for i in range(50)]
         run = Run(discord_server, provider, channels, users)
+        run.extra_env.update(bot_settings or {})
         if deliveries is not None:
             run.extra_env["MAX_CONCURRENT_DELIVERIES"] = str(deliveries)
         # Each job gets its own video bytes, so every post can be traced to its job.
@@ -400,6 +402,8 @@ async def main(
             + run.extra_env.get("MAX_CONCURRENT_DELIVERIES", "the bot's default")
             + " (--deliveries)"
         )
+        if bot_settings:
+            print("bot settings: " + ", ".join(f"{k}={v}" for k, v in bot_settings.items()))
 
 
 def report(
@@ -508,6 +512,13 @@ if __name__ == "__main__":
         help="MAX_CONCURRENT_DELIVERIES for both bots (default: the bot's own default)",
     )
     parser.add_argument(
+        "--bot-setting",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment setting for both bots, e.g. DATABASE_POOL_SIZE=5 (repeatable)",
+    )
+    parser.add_argument(
         "--trace-stalls", type=Path, default=None, help="write where stalls happened to this dir"
     )
     arguments = parser.parse_args()
@@ -523,5 +534,6 @@ if __name__ == "__main__":
             arguments.fakes_niceness,
             arguments.postgres_niceness,
             arguments.deliveries,
+            dict(setting.split("=", 1) for setting in arguments.bot_setting),
         )
     )
