@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import functools
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 
 from bot.config import Settings
 from bot.timing import Estimate
+
+log = logging.getLogger(__name__)
 
 HORIZON_Z = 3.1
 """The plan ends at the 99.9th percentile; later looks follow the growing tail gaps."""
@@ -223,7 +226,12 @@ class PollSchedule:
 
     def first_delay(self, estimate: Estimate) -> float:
         early = self._early_look(estimate)
-        return early if early is not None else self.plan(estimate).times[0]
+        if early is not None:
+            return early
+        plan = self._plan_or_none(estimate)
+        if plan is None:
+            return max(self.min_interval, self.EARLY_CHECK_FRACTION * estimate.p50)
+        return plan.times[0]
 
     def _early_look(self, estimate: Estimate) -> float | None:
         if estimate.learned and estimate.quick_failures < self.QUICK_FAILURES_FOR_EARLY_LOOK:
@@ -245,7 +253,7 @@ class PollSchedule:
         """Work out a new estimate's plan in a thread (tens of milliseconds of CPU), so the event
         loop never waits for it; later `next_delay` calls find it cached."""
         if estimate.learned and estimate not in self._planned:
-            await asyncio.to_thread(self.plan, estimate)
+            await asyncio.to_thread(self._plan_or_none, estimate)
             if len(self._planned) > 256:
                 self._planned.clear()  # estimates are replaced every refresh; old ones go
             self._planned.add(estimate)
@@ -255,9 +263,9 @@ class PollSchedule:
     ) -> float:
         if consecutive_errors > 0:
             return self.error_delay(consecutive_errors)
-        if not estimate.learned:
+        plan = self._plan_or_none(estimate)
+        if plan is None:
             return self._cold_delay(elapsed, estimate)
-        plan = self.plan(estimate)
         # Looks happen on the loop's tick, a little after their planned moment: a planned look
         # less than half a gap away counts as this one.
         upcoming = plan.next_after(elapsed + self.min_interval / 2)
@@ -265,6 +273,19 @@ class PollSchedule:
             return upcoming - elapsed
         overdue = max(0.0, elapsed - plan.times[-1])
         return min(self.max_interval, self.min_interval + self.TAIL_GROWTH * overdue)
+
+    def _plan_or_none(self, estimate: Estimate) -> PollPlan | None:
+        """The plan, or None before anything is learned, or if the figures cannot be planned
+        for (the catalogue-time schedule then stands in: polling never stops over it)."""
+        if not estimate.learned:
+            return None
+        try:
+            return self.plan(estimate)
+        except (ValueError, ArithmeticError):
+            log.warning(
+                "could not plan polls for p50 %.0f s; using the catalogue window", estimate.p50
+            )
+            return None
 
     def _cold_delay(self, elapsed: float, estimate: Estimate) -> float:
         # The catalogue's time may be far off: a wide window, not closely watched.

@@ -109,6 +109,8 @@ class Estimate:
         if not intervals:
             raise ValueError("no samples")
         mu, sigma = fit_log_normal(intervals)
+        if not (math.isfinite(mu) and math.isfinite(sigma) and -5 < mu < 12):
+            raise ValueError("no sensible fit")  # (e^-5 s to e^12 s: ~2 days)
         p10 = math.exp(mu - _Z90 * sigma)
         finished = sum(1 for _, by in intervals if by != math.inf)
         quick = sum(1 for seconds in failed_after if seconds < p10)
@@ -324,13 +326,24 @@ class CompletionTimes:
             if sum(1 for _, by in seen if by != math.inf) >= self.min_samples
         }
         # Fitting is a few milliseconds of arithmetic per setting: kept off the event loop.
-        self._learned = await asyncio.to_thread(
-            lambda: {
-                key: Estimate.from_intervals(seen, failures.get(key, ()))
-                for key, seen in enough.items()
-            }
-        )
+        self._learned = await asyncio.to_thread(self._fit_all, enough, failures)
         self._next_refresh = self._now() + timedelta(seconds=self.refresh_seconds)
+
+    def _fit_all(
+        self,
+        videos: dict[TimingKey, list[tuple[float, float]]],
+        failures: dict[TimingKey, list[float]],
+    ) -> dict[TimingKey, Estimate]:
+        learned: dict[TimingKey, Estimate] = {}
+        for key, seen in videos.items():
+            try:
+                learned[key] = Estimate.from_intervals(seen, failures.get(key, ()))
+            except (ValueError, ArithmeticError):
+                # One setting's odd data never costs the others their figures.
+                log.warning("no usable completion times for %s; keeping the previous", key.model)
+                if key in self._learned:
+                    learned[key] = self._learned[key]
+        return learned
 
     async def _read(
         self,

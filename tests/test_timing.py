@@ -193,6 +193,27 @@ async def test_jobs_still_running_count_as_slow_ones(store: JobStore) -> None:
     assert estimate.p90 > 200
 
 
+async def test_one_setting_with_impossible_times_does_not_stop_the_others(
+    store: JobStore,
+) -> None:
+    for _ in range(5):  # "finished" a tenth of a millisecond after submission (clock trouble)
+        await finished_job_seen(store, 0.0, 0.0001)
+    for seconds in (100, 110, 120, 130, 140):
+        await finished_job(store, seconds, duration=8)
+    timing = CompletionTimes(store, now=Now())
+    await timing.refresh()
+    assert not timing.estimate(SORA, "720p", 4).learned, "the catalogue's time stands in"
+    assert timing.estimate(SORA, "720p", 8).learned
+
+
+def test_figures_that_cannot_be_planned_for_still_get_polled() -> None:
+    schedule = PollSchedule(settings(POLL_MIN_INTERVAL_SECONDS="2"))
+    broken = Estimate(p10=math.nan, p50=math.nan, p90=math.nan, samples=10)
+    first = schedule.first_delay(broken)
+    later = [schedule.next_delay(elapsed=t, estimate=broken) for t in (first, 100.0, 1000.0)]
+    assert all(math.isfinite(d) and 0 < d <= 30 for d in [first, *later])
+
+
 async def test_an_early_look_only_where_refusals_come_early(store: JobStore) -> None:
     """An early look costs nearly a request per job (almost every job is still running), so it
     is kept only for settings whose failures have come early."""
