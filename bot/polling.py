@@ -9,8 +9,8 @@ others, for no more requests than a fixed 10 s poll would make. `PollSchedule` f
 
 A look at a moment `t` is paid for by every job still running at the look before it, so looks
 where nearly every job is still running (early) are dear and looks late in the spread are cheap.
-The plan is the exact optimum of that trade-off on a grid of one gap, found by dynamic
-programming over the log-normal fit of the learned times (see `plan_polls`).
+The plan is the best such trade-off on a grid of one gap (for the weight the budget allows),
+found by dynamic programming over the log-normal fit of the learned times (see `plan_polls`).
 """
 
 from __future__ import annotations
