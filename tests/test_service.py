@@ -427,6 +427,24 @@ async def test_two_workers_deliver_each_video_once(world: World) -> None:
         assert len(world.delivery.for_job(job.id)) == 1
 
 
+@dataclass
+class GatedDelivery(RecordingDelivery):
+    """Holds every video post until `gate` is set."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def post_video(
+        self,
+        job: Job,
+        video: DownloadedVideo,
+        *,
+        note: Message | None = None,
+        link: str | None = None,
+    ) -> int:
+        await self.gate.wait()
+        return await super().post_video(job, video, note=note, link=link)
+
+
 async def test_two_workers_passes_at_the_same_moment_split_the_finished_jobs(
     world: World,
 ) -> None:
@@ -439,8 +457,12 @@ async def test_two_workers_passes_at_the_same_moment_split_the_finished_jobs(
     try:
         first = world.new_service(worker_id="first")
         second = world.new_service(store=other_store, worker_id="second")
-        # One pass each, at the same moment, four deliveries at most per process.
-        await asyncio.gather(first.run_due(world.delivery), second.run_due(world.delivery))
+        delivery = GatedDelivery()
+        world.delivery = delivery
+        # One pass each, at the same moment, four deliveries at most per process. Posting waits
+        # until both passes have claimed (a freed slot would otherwise claim the next job).
+        await asyncio.gather(first.run_due(delivery), second.run_due(delivery))
+        delivery.gate.set()
         await asyncio.gather(first.wait_for_deliveries(), second.wait_for_deliveries())
     finally:
         await other_store.close()
