@@ -267,13 +267,7 @@ def _bound_row(scenario: Scenario) -> str:
     """The optimum for the scenario's true log-normal (`plan_polls` with no early look, no
     weight on the lag beyond 2 s and no safety margin), plus the submit."""
     median = CATALOG[MODEL].typical_seconds * scenario.factor
-    z90 = 1.2815515655446004
-    truth = Estimate(
-        median * math.exp(-z90 * scenario.sigma),
-        median,
-        median * math.exp(z90 * scenario.sigma),
-        samples=1,
-    )
+    truth = Estimate.log_normal(median, scenario.sigma, samples=1)
 
     def best(budget_interval: float) -> PollPlan:
         return plan_polls(

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.config import Settings
-from bot.timing import Estimate
+from bot.timing import Estimate, normal_cdf
 
 log = logging.getLogger(__name__)
 
@@ -71,17 +71,13 @@ class _LogNormal:
     def done_by(self, seconds: float) -> float:
         if seconds <= 0:
             return 0.0
-        return _normal_cdf((math.log(seconds) - self.mu) / self.sigma)
+        return normal_cdf((math.log(seconds) - self.mu) / self.sigma)
 
     def partial_mean(self, seconds: float) -> float:
         """E[T; T ≤ seconds]: what the completion times of the jobs done by then add up to."""
         if seconds <= 0:
             return 0.0
-        return self.mean * _normal_cdf((math.log(seconds) - self.mu - self.sigma**2) / self.sigma)
-
-
-def _normal_cdf(z: float) -> float:
-    return 0.5 * math.erfc(-z / math.sqrt(2))
+        return self.mean * normal_cdf((math.log(seconds) - self.mu - self.sigma**2) / self.sigma)
 
 
 @functools.lru_cache(maxsize=256)
@@ -225,17 +221,16 @@ class PollSchedule:
         self._planned: set[Estimate] = set()
 
     def first_delay(self, estimate: Estimate) -> float:
-        early = self._early_look(estimate)
-        if early is not None:
-            return early
-        plan = self._plan_or_none(estimate)
-        if plan is None:
-            return max(self.min_interval, self.EARLY_CHECK_FRACTION * estimate.p50)
-        return plan.times[0]
+        if self._early_look(estimate) is None and (plan := self._plan_or_none(estimate)):
+            return plan.times[0]
+        return self._early_look_at(estimate)
 
     def _early_look(self, estimate: Estimate) -> float | None:
         if estimate.learned and estimate.quick_failures < self.QUICK_FAILURES_FOR_EARLY_LOOK:
             return None
+        return self._early_look_at(estimate)
+
+    def _early_look_at(self, estimate: Estimate) -> float:
         return max(self.min_interval, self.EARLY_CHECK_FRACTION * estimate.p50)
 
     def plan(self, estimate: Estimate) -> PollPlan:

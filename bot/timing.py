@@ -10,6 +10,7 @@ schedule (bot.polling.PollSchedule) and the ETA on the status message (`Eta`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -111,15 +112,20 @@ class Estimate:
         mu, sigma = fit_log_normal(intervals)
         if not (math.isfinite(mu) and math.isfinite(sigma) and -5 < mu < 12):
             raise ValueError("no sensible fit")  # (e^-5 s to e^12 s: ~2 days)
-        p10 = math.exp(mu - _Z90 * sigma)
         finished = sum(1 for _, by in intervals if by != math.inf)
-        quick = sum(1 for seconds in failed_after if seconds < p10)
+        fitted = cls.log_normal(math.exp(mu), sigma, samples=finished)
+        quick = sum(1 for seconds in failed_after if seconds < fitted.p10)
+        share = quick / max(1, finished + len(failed_after))
+        return dataclasses.replace(fitted, quick_failures=share)
+
+    @classmethod
+    def log_normal(cls, median: float, sigma: float, *, samples: int) -> Estimate:
+        """The percentiles of a log-normal with this median and spread σ."""
         return cls(
-            p10,
-            math.exp(mu),
-            math.exp(mu + _Z90 * sigma),
-            samples=finished,
-            quick_failures=quick / max(1, finished + len(failed_after)),
+            median * math.exp(-_Z90 * sigma),
+            median,
+            median * math.exp(_Z90 * sigma),
+            samples=samples,
         )
 
     @property
@@ -175,7 +181,7 @@ def fit_log_normal(
         first_moment = second_moment = 0.0
         for (low, high), centre in zip(bounds, centres, strict=True):
             alpha, beta = (low - mu) / sigma, (high - mu) / sigma
-            mass = _normal_cdf(beta) - _normal_cdf(alpha)
+            mass = normal_cdf(beta) - normal_cdf(alpha)
             if mass < 1e-12:
                 # Far in a tail of the current fit: its nearest end stands in.
                 value = high if beta < 0 else (centre if alpha == -math.inf else low)
@@ -200,7 +206,7 @@ def fit_log_normal(
     return mu, max(sigma, _MIN_SIGMA)
 
 
-def _normal_cdf(z: float) -> float:
+def normal_cdf(z: float) -> float:
     return 0.5 * math.erfc(-z / math.sqrt(2))
 
 

@@ -59,36 +59,10 @@ def new_job(model: str = SORA, resolution: str = "720p", duration: int = 4) -> N
     )
 
 
-async def finished_job(
-    store: JobStore, seconds: float, *, outcome: Outcome = Outcome.VIDEO, **key: object
-) -> None:
-    """A job the provider took `seconds` to finish (submitted at T0, polled every 2 s: the last
-    look that found it running was 2 s before the one that found it done)."""
+async def running_job(store: JobStore, running_at: float, **key: object) -> Job:
+    """A job submitted at T0 whose last look, `running_at` s later, found it still running."""
     job = await store.create(new_job(**key), now=T0)  # type: ignore[arg-type]
-    await store.transition(
-        job.id,
-        from_states=[JobState.SUBMITTING],
-        to_state=JobState.POLLING,
-        now=T0,
-        provider_job_id=f"gen-{job.id}",
-        submitted_at=T0,
-        last_checked_at=T0 + timedelta(seconds=max(seconds - 1, 0)),
-    )
-    await store.transition(
-        job.id,
-        from_states=[JobState.POLLING],
-        to_state=JobState.TO_DELIVER,
-        now=T0,
-        outcome=outcome,
-        finished_at=T0 + timedelta(seconds=seconds + 1),
-    )
-
-
-async def finished_job_seen(store: JobStore, running_at: float, done_by: float) -> None:
-    """A video whose last look found it running `running_at` s after submission and whose next
-    look, `done_by` s after, found it finished."""
-    job = await store.create(new_job(), now=T0)
-    await store.transition(
+    running = await store.transition(
         job.id,
         from_states=[JobState.SUBMITTING],
         to_state=JobState.POLLING,
@@ -97,14 +71,37 @@ async def finished_job_seen(store: JobStore, running_at: float, done_by: float) 
         submitted_at=T0,
         last_checked_at=T0 + timedelta(seconds=running_at),
     )
+    assert running is not None
+    return running
+
+
+async def finished_job_seen(
+    store: JobStore,
+    running_at: float,
+    done_by: float,
+    *,
+    outcome: Outcome = Outcome.VIDEO,
+    **key: object,
+) -> None:
+    """A job whose last look found it running `running_at` s after submission and whose next
+    look, `done_by` s after, found it finished."""
+    job = await running_job(store, running_at, **key)
     await store.transition(
         job.id,
         from_states=[JobState.POLLING],
         to_state=JobState.TO_DELIVER,
         now=T0,
-        outcome=Outcome.VIDEO,
+        outcome=outcome,
         finished_at=T0 + timedelta(seconds=done_by),
     )
+
+
+async def finished_job(
+    store: JobStore, seconds: float, *, outcome: Outcome = Outcome.VIDEO, **key: object
+) -> None:
+    """A job the provider took `seconds` to finish (submitted at T0, polled every 2 s: the last
+    look that found it running was 2 s before the one that found it done)."""
+    await finished_job_seen(store, max(seconds - 1, 0), seconds + 1, outcome=outcome, **key)
 
 
 # --- learning ------------------------------------------------------------------------------------
@@ -163,10 +160,10 @@ async def test_sparse_looks_do_not_widen_the_learned_spread(store: JobStore) -> 
     timing = CompletionTimes(store, now=Now())
     await timing.refresh()
     learned = timing.estimate(SORA, "720p", 4)
-    true_p10, true_p90 = (median * math.exp(sigma * z) for z in (-1.2816, 1.2816))
+    truth = Estimate.log_normal(median, sigma, samples=40)
     assert learned.p50 == pytest.approx(median, rel=0.05)
-    assert learned.p10 == pytest.approx(true_p10, rel=0.08)  # midpoints would say ~47 s
-    assert learned.p90 == pytest.approx(true_p90, rel=0.08)
+    assert learned.p10 == pytest.approx(truth.p10, rel=0.08)  # midpoints would say ~47 s
+    assert learned.p90 == pytest.approx(truth.p90, rel=0.08)
 
 
 async def test_jobs_still_running_count_as_slow_ones(store: JobStore) -> None:
@@ -175,16 +172,7 @@ async def test_jobs_still_running_count_as_slow_ones(store: JobStore) -> None:
     for seconds in (60, 62, 64, 66, 68, 70, 72, 74, 76, 78):
         await finished_job(store, seconds)
     for _ in range(10):  # submitted with them, still generating when last looked at, at 200 s
-        job = await store.create(new_job(), now=T0)
-        await store.transition(
-            job.id,
-            from_states=[JobState.SUBMITTING],
-            to_state=JobState.POLLING,
-            now=T0,
-            provider_job_id=f"gen-{job.id}",
-            submitted_at=T0,
-            last_checked_at=T0 + timedelta(seconds=200),
-        )
+        await running_job(store, 200)
     timing = CompletionTimes(store, now=Now())
     await timing.refresh()
     estimate = timing.estimate(SORA, "720p", 4)
@@ -449,12 +437,7 @@ def look_outcome(
 
 
 def spread_of(sigma: float, median: float = 90.0, samples: int = 100) -> Estimate:
-    return Estimate(
-        p10=median * math.exp(-1.2816 * sigma),
-        p50=median,
-        p90=median * math.exp(1.2816 * sigma),
-        samples=samples,
-    )
+    return Estimate.log_normal(median, sigma, samples=samples)
 
 
 @pytest.mark.parametrize("sigma", [0.1, 0.2, 0.3, 0.5, 0.8])
