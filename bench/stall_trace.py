@@ -82,8 +82,10 @@ class StallTracer:
         self.beats = 0
         self._lock = threading.Lock()
         self.gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
-        self.gc_slowest: dict[int, list[tuple[float, float, int]]] = {0: [], 1: [], 2: []}
-        """Per generation, the slowest passes: (wall s, the loop thread's CPU s, collected)."""
+        self.gc_slowest: dict[int, list[tuple[float, float, int, float]]] = {0: [], 1: [], 2: []}
+        """Per generation, the slowest passes: (wall s, the loop thread's CPU s, collected,
+        seconds since the tracer started: a pass during start-up is not one under load)."""
+        self._started = time.perf_counter()
         self._gc_started = 0.0
         self._gc_cpu_started = 0.0
         gc.callbacks.append(self._on_gc)
@@ -101,7 +103,7 @@ class StallTracer:
             cpu = time.thread_time() - self._gc_cpu_started
             self.gc_pauses[info["generation"]].append(wall)
             slowest = self.gc_slowest[info["generation"]]
-            slowest.append((wall, cpu, info["collected"]))
+            slowest.append((wall, cpu, info["collected"], self._gc_started - self._started))
             slowest.sort(reverse=True)
             del slowest[GC_SLOWEST_KEPT:]
 
@@ -233,8 +235,9 @@ class StallTracer:
             largest = self.census_largest
         for generation, slowest in self.gc_slowest.items():
             passes = ", ".join(
-                f"{wall * 1000:.0f} ms ({cpu * 1000:.0f} ms CPU, {collected} collected)"
-                for wall, cpu, collected in slowest
+                f"{wall * 1000:.0f} ms ({cpu * 1000:.0f} ms CPU, {collected} collected, "
+                f"at {at:.0f} s)"
+                for wall, cpu, collected, at in slowest
             )
             lines.append(f"slowest generation {generation} passes: {passes}")
         if census:

@@ -224,6 +224,7 @@ class Animate(commands.Cog):
             await self._retention()
         except Exception:
             log.exception("background pass failed; trying again next tick")
+        self.background.change_interval(seconds=self.service.next_pass_in())
 
     @background.before_loop
     async def _wait_until_ready(self) -> None:

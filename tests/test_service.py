@@ -11,7 +11,8 @@ import asyncio
 import dataclasses
 import io
 import itertools
-from collections.abc import AsyncIterator
+import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -192,7 +193,10 @@ class World:
             elapsed += step
 
     def new_service(
-        self, store: JobStore | None = None, worker_id: str | None = None
+        self,
+        store: JobStore | None = None,
+        worker_id: str | None = None,
+        rng: Callable[[], float] = lambda: 0.5,
     ) -> JobService:
         client = ProviderClient(
             self.session,
@@ -207,7 +211,7 @@ class World:
             provider=client,
             clock=self.clock,
             worker_id=worker_id,
-            rng=lambda: 0.5,
+            rng=rng,
             retry_sleep=_no_sleep,
         )
 
@@ -425,6 +429,45 @@ async def test_two_workers_deliver_each_video_once(world: World) -> None:
         await other_store.close()
     for job in jobs:
         assert len(world.delivery.for_job(job.id)) == 1
+
+
+async def test_two_workers_started_together_share_the_polls(world: World) -> None:
+    # Ten-second looks and a two-second pass, each worker drawing its own pass times as the
+    # bot's background loop does (next_pass_in). With passes on a fixed tick, the worker that
+    # looked first took every look for good.
+    world.settings = dataclasses.replace(
+        world.settings,
+        poll_schedule="fixed",
+        poll_min_interval_seconds=10.0,
+        poll_tick_seconds=2.0,
+        max_active_jobs_per_user=100,
+    )
+    world.provider.set_completion_time(None)
+    for _ in range(10):
+        world.provider.script_next_job(["generating"])
+    other_store = await JobStore.open(world.db_url)
+    try:
+        workers = [
+            world.new_service(worker_id="first", rng=random.Random(1).random),
+            world.new_service(store=other_store, rng=random.Random(2).random),
+        ]
+        world.service = workers[0]
+        for requester in range(10):
+            await world.animate(requester_id=requester)
+        polls = [0, 0]
+        next_pass = [world.clock.now(), world.clock.now()]
+        end = world.clock.now() + timedelta(seconds=200)
+        while (moment := min(next_pass)) < end:
+            which = next_pass.index(moment)
+            world.clock.advance((moment - world.clock.now()).total_seconds())
+            before = poll_count(world)
+            await workers[which].run_due(world.delivery)
+            polls[which] += poll_count(world) - before
+            next_pass[which] = moment + timedelta(seconds=workers[which].next_pass_in())
+    finally:
+        await other_store.close()
+    assert sum(polls) >= 10 * 18, "every job is looked at every ten seconds or so"
+    assert min(polls) >= 0.35 * sum(polls), f"one worker did most of the polling: {polls}"
 
 
 @dataclass
