@@ -112,6 +112,8 @@ class AnimateBot(commands.Bot):
             metrics=self.metrics,
         )
         self.metrics.set_worker(self.service.worker_id)
+        # Image fits run in processes of their own: started now, not by the first members.
+        await self.service.fitter.start()
         defaults = BotDefaults.from_settings(self.settings)
         self.guild_settings = GuildSettings(self.store.engine, defaults)
         self.spending = Spending(

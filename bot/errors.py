@@ -45,6 +45,10 @@ class ImageRejected(InputRejected):
         self.code = code
         super().__init__(reason)
 
+    def __reduce__(self) -> tuple[type[ImageRejected], tuple[str, Message]]:
+        # Raised in a fit process and re-raised here: rebuilt from what it was made of.
+        return (type(self), (self.code, self.reason))
+
 
 class TooManyActiveJobs(InputRejected):
     def __init__(self, limit: int) -> None:

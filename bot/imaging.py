@@ -1,7 +1,7 @@
 """Turn the raw bytes of a user's attachment into exactly the frame a video model needs.
 
 `prepare_image` is pure and synchronous and touches no global Pillow state, so concurrent calls
-are safe; `ImageFitter` runs it in worker threads under one memory budget for the whole process.
+are safe; `ImageFitter` runs it in worker processes under one memory budget for the whole bot.
 Bad input always ends in `ImageRejected`, whose reason is shown to the user as it is.
 
 Pipeline: check bytes -> sniff format -> read size, pixel layout and variant from the header ->
@@ -25,12 +25,13 @@ import ctypes
 import functools
 import io
 import math
+import multiprocessing
 import os
 import struct
-import sys
-import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -733,6 +734,16 @@ def _not_image(data: bytes, fmt: str | None) -> ImageRejected:
     return ImageRejected("not_image", reason)
 
 
+def _fit_crashed() -> ImageRejected:
+    return ImageRejected(
+        "fit_crashed",
+        _t(
+            "Something went wrong while the bot was preparing this image. "
+            "Please try again, or send a smaller image."
+        ),
+    )
+
+
 def _display(fmt: str) -> str:
     return _FORMAT_NAMES.get(fmt, fmt)
 
@@ -1306,8 +1317,9 @@ _MALLOC_TRIM = _find_malloc_trim()
 
 def _give_memory_back() -> None:
     """Return the pages of freed images to the system now. glibc keeps freed memory in the
-    freeing thread's arena, and a few worker threads each keeping their largest image adds
-    up to several times the budget of RSS (measured: 593 MiB instead of 263 for 20 fits)."""
+    freeing thread's arena, and a few fit workers each keeping their largest image adds up to
+    several times the budget of RSS (measured with threads: 593 MiB instead of 263 for 20
+    fits)."""
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
 
@@ -1318,30 +1330,53 @@ DEFAULT_FIT_BUDGET_BYTES = 256 * MIB
 """Estimated decode memory of all fits running at once. With the process's own ~30-80 MB this
 keeps image fitting under ~400 MB of RSS however many members send images together."""
 DEFAULT_MAX_CONCURRENT_FITS = max(2, min(4, os.cpu_count() or 2))
-"""Pillow's decoders and resizes release the GIL, so more threads than cores buys nothing."""
+"""Fit processes at once: more than cores buys nothing."""
 
-FIT_THREAD_NICENESS = 10
-"""How much lower than the rest of the process the fit threads ask the OS to run them (Linux)."""
+FIT_NICENESS = 10
+"""How much lower than the bot's own process the fit processes ask the OS to run them."""
 
 
 def _run_below_the_event_loop() -> None:
-    """Lower this thread's scheduling priority (Linux: nice is per thread) by
-    FIT_THREAD_NICENESS. When the cores are busy, the event loop then gets one as soon as it
-    has work (answering Discord, polls) and fits take what is left: otherwise each fit held
-    the loop off its core for tens of milliseconds under load (bench/load.py). With cores to
-    spare nothing changes. Elsewhere (where nice is per process) nothing is done."""
-    if not sys.platform.startswith("linux"):
-        return
-    thread = threading.get_native_id()
-    with contextlib.suppress(OSError):
-        niceness = os.getpriority(os.PRIO_PROCESS, thread) + FIT_THREAD_NICENESS
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, niceness))
+    """Lower this fit process's scheduling priority by FIT_NICENESS. When the cores are busy,
+    the event loop then gets one as soon as it has work (answering Discord, polls) and fits
+    take what is left: otherwise each fit held the loop off its core for tens of milliseconds
+    under load (bench/load.py). With cores to spare nothing changes."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.nice(FIT_NICENESS)
+
+
+def fit_processes(max_workers: int) -> Executor:
+    """The bot's fit workers: processes (see ImageFitter), each below the event loop's
+    priority. They are forked from a server process that has imported only this module (cheap
+    to start; nothing of the bot's state, sockets or threads comes along); where there is no
+    fork (Windows) each is a fresh interpreter."""
+    context: multiprocessing.context.BaseContext
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        server = multiprocessing.get_context("forkserver")
+        server.set_forkserver_preload([__name__])
+        context = server
+    else:
+        context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(
+        max_workers=max_workers, mp_context=context, initializer=_run_below_the_event_loop
+    )
+
+
+def _started() -> None:
+    # Held a moment, so that each of the warm-up calls gets a process of its own.
+    time.sleep(0.2)
 
 
 class ImageFitter:
-    """Runs `prepare_image` in worker threads, for the whole process, so that the images being
-    fitted at any moment need at most `budget_bytes` between them (estimated from each file's
-    header before it is decoded) and at most `max_concurrent` run at once.
+    """Runs `prepare_image` in worker processes, for the whole bot process, so that the images
+    being fitted at any moment need at most `budget_bytes` between them (estimated from each
+    file's header before it is decoded) and at most `max_concurrent` run at once.
+
+    Processes, not threads: a fit thread takes the GIL back between Pillow's C steps (every
+    decoded chunk, resized strip and encoded block), and a fit thread running below the event
+    loop's priority was often paused by the OS while holding it, which held the event loop
+    too: most event-loop stalls over 50 ms under bench/load.py had a fit thread running Python.
+    A fit process that dies (a hostile image, the OOM killer) costs its own request only.
 
     Fits start in arrival order; a member whose image does not fit into what is left waits for
     a running one to finish, and nobody is refused for being busy. An image estimated above the
@@ -1354,7 +1389,10 @@ class ImageFitter:
         *,
         budget_bytes: int = DEFAULT_FIT_BUDGET_BYTES,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT_FITS,
+        workers: Callable[[int], Executor] = fit_processes,
     ) -> None:
+        """`workers(n)` makes the executor that runs up to n fits at once (tests that hold a
+        fit midway use threads, which share the test's memory)."""
         if budget_bytes < 1 or max_concurrent < 1:
             raise ValueError("ImageFitter needs a positive budget and concurrency")
         self.budget_bytes = budget_bytes
@@ -1363,16 +1401,21 @@ class ImageFitter:
         self._running = 0
         self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
         self._threads: set[asyncio.Task[PreparedImage]] = set()
-        # Its own threads: each thread that frees a large image keeps a malloc arena, so the
-        # fewer threads ever fit images, the less memory the process holds between fits.
-        self._executor = ThreadPoolExecutor(
-            max_workers=max_concurrent,
-            thread_name_prefix="fit",
-            initializer=_run_below_the_event_loop,
-        )
+        self._workers = workers
+        self._executor = workers(max_concurrent)
+
+    async def start(self) -> None:
+        """Start every fit process now, off the event loop. Otherwise the first fits start
+        them: each start waits for the process server (up to a second for the first), and that
+        wait held the event loop for 150-200 ms under bench/load.py."""
+        await asyncio.to_thread(self._start_workers)
+
+    def _start_workers(self) -> None:
+        for started in [self._executor.submit(_started) for _ in range(self.max_concurrent)]:
+            started.result()
 
     def close(self) -> None:
-        """Let the worker threads end once the fits in progress are done (not waited for)."""
+        """Let the workers end once the fits in progress are done (not waited for)."""
         self._executor.shutdown(wait=False)
 
     @property
@@ -1425,7 +1468,20 @@ class ImageFitter:
         loop = asyncio.get_running_loop()
         work = functools.partial(_prepare_and_trim, data, checked, preset, orientation, fit, limits)
         try:
-            return await loop.run_in_executor(self._executor, work)
+            for attempt in range(2):
+                executor = self._executor
+                try:
+                    return await loop.run_in_executor(executor, work)
+                except BrokenProcessPool:
+                    # A fit process died (this image, or another one fitted alongside): the
+                    # pool is unusable; the first to notice starts a new one, and each fit
+                    # that was running tries once more there.
+                    if self._executor is executor:
+                        executor.shutdown(wait=False)
+                        self._executor = self._workers(self.max_concurrent)
+                    if attempt == 1:
+                        raise _fit_crashed() from None
+            raise AssertionError("unreachable")
         finally:
             self._release(cost)
 

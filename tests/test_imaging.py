@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import io
 import json
+import multiprocessing
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ from bot.imaging import (
     PreparedImage,
     detect_format,
     estimate_decode_bytes,
+    fit_processes,
     prepare_image,
 )
 from tests.images import (
@@ -963,13 +967,32 @@ def test_every_decode_path_stays_within_its_memory_estimate(tmp_path: Path) -> N
 
 
 _TWENTY_CHILD = r"""
-import asyncio, json, sys
+import asyncio, json, os, sys
+from pathlib import Path
 from bot.catalog import CATALOG
 from bot.imaging import ImageFitter
 
-def peak_bytes():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) * 1024
+def peak_bytes(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM"):
+            return int(line.split()[1]) * 1024
+
+def family(pid):
+    # This process, its fit-process server and the fit processes (the server's children).
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, grown = {pid}, True
+    while grown:
+        more = {child for child, parent in parents.items() if parent in found} - found
+        found |= more
+        grown = bool(more)
+    return found
 
 async def main(data):
     fitter = ImageFitter()  # the defaults the bot runs with
@@ -978,22 +1001,25 @@ async def main(data):
         *(fitter.fit(data, preset=preset, fit="pad" if i % 2 else "crop") for i in range(20)),
         return_exceptions=True,
     )
+    # Each process's own peak, added up: at least what they ever held at one moment.
+    processes = family(os.getpid())
+    peak = sum(peak_bytes(pid) for pid in processes)
     fitter.close()
     return {
         "frames": [[r.width, r.height] for r in results if not isinstance(r, BaseException)],
         "failed": [type(r).__name__ for r in results if isinstance(r, BaseException)],
+        "processes": len(processes),
+        "peak_bytes": peak,
     }
 
-report = asyncio.run(main(open(sys.argv[1], "rb").read()))
-report["peak_bytes"] = peak_bytes()
-print(json.dumps(report))
+print(json.dumps(asyncio.run(main(open(sys.argv[1], "rb").read()))))
 """
 
 
 def test_twenty_16_bit_7000px_pngs_at_once_all_fit_in_under_400_mb(tmp_path: Path) -> None:
     # Issue 7 item 8: a 109 KiB 16-bit greyscale PNG of 7000x7000 took 486 MiB to fit, six at
     # once 2.5 GiB. Twenty members sending one at the same moment now all get their frame,
-    # and the whole process stays under 400 MB.
+    # and the bot's process and its fit processes together stay under 400 MB.
     path = tmp_path / "bomb.png"
     path.write_bytes(big_png(7000, 7000))
     out = subprocess.run(
@@ -1008,6 +1034,7 @@ def test_twenty_16_bit_7000px_pngs_at_once_all_fit_in_under_400_mb(tmp_path: Pat
     report = json.loads(out.stdout)
     assert report["failed"] == []
     assert report["frames"] == [[1280, 720]] * 20
+    assert report["processes"] >= 3  # the bot, the fit-process server and its fit processes
     assert report["peak_bytes"] < 400 * MB, report["peak_bytes"] / MB
 
 
@@ -1044,12 +1071,20 @@ class Gate:
         monkeypatch.setattr(imaging, "_prepare_checked", gated)
 
 
+def fit_threads(max_workers: int) -> ThreadPoolExecutor:
+    """Fit workers a Gate can hold: threads of this process (the bot's are processes)."""
+    return ThreadPoolExecutor(max_workers=max_workers)
+
+
 class WatchedFitter(ImageFitter):
     """An ImageFitter that tells the test when a fit has passed its checks and asks for room
-    (it is in the queue, or running, by the time the test hears of it)."""
+    (it is in the queue, or running, by the time the test hears of it). Its fits run in
+    threads, so that a Gate can hold them."""
 
     def __init__(self, *, budget_bytes: int = 10**12, max_concurrent: int = 2) -> None:
-        super().__init__(budget_bytes=budget_bytes, max_concurrent=max_concurrent)
+        super().__init__(
+            budget_bytes=budget_bytes, max_concurrent=max_concurrent, workers=fit_threads
+        )
         self.arrived: asyncio.Queue[int] = asyncio.Queue()
 
     async def _admit(self, cost: int) -> None:
@@ -1069,10 +1104,59 @@ async def fitter() -> AsyncIterator[WatchedFitter]:
     f.close()
 
 
-async def test_fitter_gives_the_same_frame_as_prepare_image(fitter: WatchedFitter) -> None:
-    data = encode(photo((900, 700)), "PNG")
-    result = await fitter.fit(data, preset=P720, fit="pad", orientation="portrait")
-    assert result == prepare_image(data, preset=P720, fit="pad", orientation="portrait")
+async def test_fitter_gives_the_same_frame_as_prepare_image() -> None:
+    fitter = ImageFitter()  # fit processes, as the bot runs them
+    await fitter.start()
+    try:
+        data = encode(photo((900, 700)), "PNG")
+        result = await fitter.fit(data, preset=P720, fit="pad", orientation="portrait")
+        assert result == prepare_image(data, preset=P720, fit="pad", orientation="portrait")
+        with pytest.raises(ImageRejected) as caught:  # refusals come back as themselves
+            await fitter.fit(encode(photo((900, 700)), "PNG")[:2000], preset=P720)
+        assert caught.value.code == "corrupt" and "damaged" in str(user_message(caught.value))
+    finally:
+        fitter.close()
+
+
+def dying_fit_processes(max_workers: int) -> Executor:
+    """Fit processes that the OS ends 10 ms after they start (SIGALRM's default action), as
+    the OOM killer or a crash in a decoder would: mid-fit, or before the fit is picked up."""
+    return ProcessPoolExecutor(
+        max_workers=max_workers,
+        mp_context=multiprocessing.get_context("forkserver"),
+        initializer=functools.partial(signal.setitimer, signal.ITIMER_REAL, 0.01),
+    )
+
+
+async def test_a_fit_process_that_dies_costs_nobody_their_image() -> None:
+    made: list[str] = []
+
+    def first_ones_die(max_workers: int) -> Executor:
+        made.append("dying" if not made else "healthy")
+        return (dying_fit_processes if len(made) == 1 else fit_processes)(max_workers)
+
+    fitter = ImageFitter(workers=first_ones_die)
+    try:
+        data = encode(photo((2400, 1600)), "PNG")
+        results = await asyncio.gather(*(fitter.fit(data, preset=P720) for _ in range(3)))
+        assert made == ["dying", "healthy"]  # the broken pool was replaced once, not per fit
+        assert all(r == prepare_image(data, preset=P720) for r in results)
+        assert (fitter.running, fitter.waiting, fitter.reserved_bytes) == (0, 0, 0)
+    finally:
+        fitter.close()
+
+
+async def test_an_image_whose_fit_keeps_dying_is_refused_kindly() -> None:
+    fitter = ImageFitter(workers=dying_fit_processes)
+    try:
+        with pytest.raises(ImageRejected) as caught:
+            await fitter.fit(encode(photo((2400, 1600)), "PNG"), preset=P720)
+        assert caught.value.code == "fit_crashed"
+        text = str(user_message(caught.value))
+        assert "try again" in text and "Broken" not in text and "process" not in text
+        assert (fitter.running, fitter.waiting, fitter.reserved_bytes) == (0, 0, 0)
+    finally:
+        fitter.close()
 
 
 async def test_fitter_never_runs_more_than_max_concurrent_and_answers_everyone(
@@ -1119,7 +1203,7 @@ async def test_fits_that_together_exceed_the_memory_budget_take_turns(
 async def test_image_estimated_above_the_whole_budget_still_runs_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fitter = ImageFitter(budget_bytes=1, max_concurrent=4)
+    fitter = ImageFitter(budget_bytes=1, max_concurrent=4, workers=fit_threads)
     gate = Gate(monkeypatch, hold=False)
     results = await asyncio.gather(
         *(fitter.fit(encode(solid(RED), "PNG"), preset=P720) for _ in range(3))
@@ -1306,28 +1390,21 @@ def test_huge_heic_or_avif_is_refused_from_its_header_with_a_size_that_works(
     assert "the limit is 50.0 MP" in rejected(_heif_with_size(small, 9000, 9000), "too_many_pixels")
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux")
-async def test_fits_run_below_the_event_loop_so_a_busy_machine_serves_the_loop_first(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    seen: list[int] = []
-    original = imaging._prepare_and_trim
-
-    def noted(*args: Any) -> Any:
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-        return original(*args)
-
-    monkeypatch.setattr(imaging, "_prepare_and_trim", noted)
-    loop_niceness = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process priorities")
+async def test_fits_run_below_the_event_loop_so_a_busy_machine_serves_the_loop_first() -> None:
+    loop_niceness = os.getpriority(os.PRIO_PROCESS, 0)
     fitter = ImageFitter(max_concurrent=2)
     try:
+        await fitter.start()
+        workers = multiprocessing.active_children()
         results = await asyncio.gather(
             *(fitter.fit(encode(solid(RED), "PNG"), preset=P720) for _ in range(3))
         )
+        niceness = [os.getpriority(os.PRIO_PROCESS, worker.pid or 0) for worker in workers]
     finally:
         fitter.close()
     assert [r.width for r in results] == [1280] * 3
-    expected = min(19, loop_niceness + imaging.FIT_THREAD_NICENESS)
-    assert seen == [expected] * 3
-    # Only the fit threads: the event loop's own thread keeps its priority.
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == loop_niceness
+    assert len(workers) == 2  # started before the first member's image arrived
+    assert niceness == [min(19, loop_niceness + imaging.FIT_NICENESS)] * 2
+    # Only the fit processes: the bot's own process keeps its priority.
+    assert os.getpriority(os.PRIO_PROCESS, 0) == loop_niceness
