@@ -55,6 +55,7 @@ class Worker:
     clock: FakeClock
 
     async def close(self) -> None:
+        self.admission.service.fitter.close()
         await self.store.close()
 
 

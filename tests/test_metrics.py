@@ -319,7 +319,7 @@ def metered_service(world: World, metrics: Metrics) -> JobService:
         sleep=_no_sleep,
         metrics=metrics,
     )
-    return JobService(
+    service = JobService(
         settings=world.settings,
         store=world.store,
         provider=client,
@@ -328,6 +328,8 @@ def metered_service(world: World, metrics: Metrics) -> JobService:
         retry_sleep=_no_sleep,
         metrics=metrics,
     )
+    world.fitters.append(service.fitter)
+    return service
 
 
 def value(metrics: Metrics, name: str, **labels: str) -> float:

@@ -25,6 +25,7 @@ from bot.catalog import CATALOG
 from bot.config import Settings
 from bot.errors import ImageRejected, InputRejected, ProviderValidationError, TooManyActiveJobs
 from bot.i18n import Message, from_stored
+from bot.imaging import ImageFitter
 from bot.jobs import Job, JobState, Outcome
 from bot.provider import DownloadedVideo, ProviderClient, RetryPolicy
 from bot.service import AnimateRequest, Conversation, DestinationGone, JobService, UploadRejected
@@ -160,6 +161,8 @@ class World:
     settings: Settings
     session: aiohttp.ClientSession
     db_url: str
+    fitters: list[ImageFitter] = field(default_factory=list)
+    """Of every service made here: their fit processes end with the test."""
 
     def request(self, **overrides: object) -> AnimateRequest:
         values: dict[str, object] = {
@@ -205,7 +208,7 @@ class World:
             retry=RetryPolicy(attempts=3),
             sleep=_no_sleep,
         )
-        return JobService(
+        service = JobService(
             settings=self.settings,
             store=store or self.store,
             provider=client,
@@ -214,6 +217,8 @@ class World:
             rng=rng,
             retry_sleep=_no_sleep,
         )
+        self.fitters.append(service.fitter)
+        return service
 
 
 @pytest.fixture
@@ -248,6 +253,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     try:
         yield w
     finally:
+        for fitter in w.fitters:
+            fitter.close()
         await session.close()
         await store.close()
         await provider.close()
