@@ -27,7 +27,9 @@ import io
 import math
 import multiprocessing
 import os
+import select
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -1336,13 +1338,47 @@ FIT_NICENESS = 10
 """How much lower than the bot's own process the fit processes ask the OS to run them."""
 
 
-def _run_below_the_event_loop() -> None:
-    """Lower this fit process's scheduling priority by FIT_NICENESS. When the cores are busy,
-    the event loop then gets one as soon as it has work (answering Discord, polls) and fits
-    take what is left: otherwise each fit held the loop off its core for tens of milliseconds
-    under load (bench/load.py). With cores to spare nothing changes."""
+def _start_fit_process(bot_pid: int) -> None:
+    """Set up a fit process: below the bot's priority, and gone when the bot is.
+
+    Priority: lower by FIT_NICENESS. When the cores are busy, the event loop then gets one as
+    soon as it has work (answering Discord, polls) and fits take what is left: otherwise each
+    fit held the loop off its core for tens of milliseconds under load (bench/load.py). With
+    cores to spare nothing changes.
+
+    Lifetime: a fit process waits for work on a pipe it holds both ends of, and holds the
+    process server's "bot alive" pipe open, so neither noticed a bot killed with SIGKILL (or by
+    the OOM killer): both lived on, idle, forever, and each restart added more. A thread here
+    waits for the bot to end and then ends this process; once all have, the server ends too.
+    """
     with contextlib.suppress(OSError, AttributeError):
         os.nice(FIT_NICENESS)
+    threading.Thread(
+        target=_end_with, args=(bot_pid,), name="end-with-the-bot", daemon=True
+    ).start()
+
+
+def _end_with(pid: int) -> None:
+    try:
+        watched = os.pidfd_open(pid)  # Linux: readable once the process has ended
+    except (AttributeError, OSError):
+        watched = None
+    if watched is not None:
+        select.select([watched], [], [])
+    else:
+        while _alive(pid):
+            time.sleep(1.0)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
 
 
 def fit_processes(max_workers: int) -> Executor:
@@ -1358,7 +1394,10 @@ def fit_processes(max_workers: int) -> Executor:
     else:
         context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(
-        max_workers=max_workers, mp_context=context, initializer=_run_below_the_event_loop
+        max_workers=max_workers,
+        mp_context=context,
+        initializer=_start_fit_process,
+        initargs=(os.getpid(),),
     )
 
 

@@ -701,7 +701,7 @@ class JobStore:
                 return []
             claim = (
                 jobs.update()
-                .where(jobs.c.id.in_([job.id for job in picked]))
+                .where(self._id_in([job.id for job in picked]))
                 .values(next_poll_at=now + lease, poll_worker=worker, updated_at=now)
             )
             await session.execute(claim)
@@ -744,7 +744,7 @@ class JobStore:
         """
         claimable, values = _delivery_claim(require_aware(now, "now"), lease_seconds, worker)
         if skip:
-            claimable = sa.and_(claimable, jobs.c.id.not_in(list(skip)))
+            claimable = sa.and_(claimable, sa.not_(self._id_in(skip)))
         return await self._claim_many(claimable, (jobs.c.updated_at, jobs.c.id), values, limit)
 
     async def hold_poll(
@@ -912,7 +912,7 @@ class JobStore:
             ids = list((await session.execute(pick)).scalars())
             if not ids:
                 return []
-            claim = jobs.update().where(jobs.c.id.in_(ids), claimable).values(dict(values))
+            claim = jobs.update().where(self._id_in(ids), claimable).values(dict(values))
             if self._returning:
                 rows = (await session.execute(claim.returning(*_JOB_COLUMNS))).all()
             else:
@@ -923,6 +923,17 @@ class JobStore:
                 rows = list((await session.execute(reread)).all())
         claimed = {job.id: job for job in map(_row_to_job, rows)}
         return [claimed[job_id] for job_id in ids if job_id in claimed]  # in the order picked
+
+    def _id_in(self, ids: Collection[int]) -> sa.ColumnElement[bool]:
+        """`jobs.id IN ids`, on PostgreSQL as one SQL text whatever the number of ids (`= ANY`
+        of an array). Each distinct text is a prepared statement cached on every pooled
+        connection with a description of each column it returns: claims of 1 to 128 ids made
+        up to 128 texts, about half of what a full garbage-collection pass walked under
+        bench/load.py."""
+        if self._engine.dialect.name == "postgresql":
+            array = sa.literal(list(ids), pg_dialect.ARRAY(sa.BigInteger()))
+            return jobs.c.id == sa.any_(array)
+        return jobs.c.id.in_(list(ids))
 
     async def _select_one(self, session: AsyncSession, job_id: Any) -> Job | None:
         query = sa.select(*_JOB_COLUMNS).where(jobs.c.id == job_id)

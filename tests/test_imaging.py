@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -1388,6 +1389,59 @@ def test_huge_heic_or_avif_is_refused_from_its_header_with_a_size_that_works(
     assert need is not None and need <= ImageLimits().max_decode_bytes
     # Over the pixel limit it is the pixel count that is named, as for every format.
     assert "the limit is 50.0 MP" in rejected(_heif_with_size(small, 9000, 9000), "too_many_pixels")
+
+
+_KILLED_BOT = r"""
+import asyncio, multiprocessing, time
+from bot.imaging import ImageFitter
+
+async def main():
+    fitter = ImageFitter()
+    await fitter.start()
+    print(" ".join(str(child.pid) for child in multiprocessing.active_children()), flush=True)
+    time.sleep(120)
+
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's exit status may never be collected here)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_fit_processes_end_when_the_bot_is_killed(tmp_path: Path) -> None:
+    # SIGKILL (or the OOM killer) gives the bot no chance to stop its fit processes; they and
+    # their process server must not live on, idle, after it (each restart would add more).
+    script = tmp_path / "bot_like.py"
+    script.write_text(_KILLED_BOT)
+    bot = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert bot.stdout is not None
+        workers = [int(pid) for pid in bot.stdout.readline().split()]
+        stat = Path(f"/proc/{workers[0]}/stat").read_text()
+        server = int(stat.rsplit(")", 1)[1].split()[1])
+    finally:
+        bot.kill()
+        bot.wait()
+    assert len(workers) == 2 and server != bot.pid
+    helpers = [*workers, server]
+    deadline = time.monotonic() + 15
+    while any(map(_running, helpers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in helpers if _running(pid)], "fit processes outlived the bot"
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux process priorities")
