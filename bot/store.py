@@ -31,9 +31,8 @@ from sqlalchemy.dialects import postgresql as pg_dialect
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import URL, Connection, Dialect, make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
     create_async_engine,
 )
 
@@ -433,10 +432,11 @@ class JobStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._read = async_sessionmaker(engine, expire_on_commit=False)
-        self._write = async_sessionmaker(
-            engine.execution_options(**{_SQLITE_IMMEDIATE: True}), expire_on_commit=False
-        )
+        # Plain connections, not ORM sessions: every statement here is Core, and a conn
+        # built a transaction object, weak dictionaries and snapshots per call for nothing
+        # (more garbage for the collector's passes under load).
+        self._read = engine.connect
+        self._write = engine.execution_options(**{_SQLITE_IMMEDIATE: True})
         # SQLite < 3.35 has no RETURNING; then UPDATE + re-read inside the same transaction.
         self._returning = engine.dialect.update_returning and engine.dialect.insert_returning
 
@@ -501,19 +501,18 @@ class JobStore:
                 submit_worker=worker,
             )
         insert = jobs.insert().values(values)
-        async with self._write.begin() as session:
+        async with self._write.begin() as conn:
             if self._returning:
                 job: Job | None = _row_to_job(
-                    (await session.execute(insert.returning(*_JOB_COLUMNS))).one()
+                    (await conn.execute(insert.returning(*_JOB_COLUMNS))).one()
                 )
             else:
-                connection = await session.connection()
-                inserted = (await connection.execute(insert)).inserted_primary_key
-                job = await self._select_one(session, inserted[0] if inserted else None)
+                inserted = (await conn.execute(insert)).inserted_primary_key
+                job = await self._select_one(conn, inserted[0] if inserted else None)
             if job is None:
                 raise RuntimeError("the inserted job could not be read back")
             # Kept for the result buttons (Again, Edit prompt) after the job's own copy is gone.
-            await session.execute(
+            await conn.execute(
                 job_images.insert().values(job_id=job.id, image_data=new.image_data, created_at=now)
             )
         return job
@@ -521,23 +520,23 @@ class JobStore:
     async def kept_image(self, job_id: int) -> bytes | None:
         """The job's fitted picture, or None once retention removed it."""
         query = sa.select(job_images.c.image_data).where(job_images.c.job_id == job_id)
-        async with self._read() as session:
-            value = (await session.execute(query)).scalar_one_or_none()
+        async with self._read() as conn:
+            value = (await conn.execute(query)).scalar_one_or_none()
         return None if value is None else bytes(value)
 
     async def forget_images(self, *, older_than: datetime) -> int:
         """Remove kept pictures recorded before `older_than`; returns how many."""
         cutoff = require_aware(older_than, "older_than")
         statement = job_images.delete().where(job_images.c.created_at < cutoff)
-        async with self._write.begin() as session:
-            result = await session.execute(statement)
+        async with self._write.begin() as conn:
+            result = await conn.execute(statement)
         return int(getattr(result, "rowcount", 0) or 0)
 
     async def forget_interaction_token(self, job_id: int) -> None:
         """A credential, useless once the job is done (and its status shown): not kept."""
         statement = jobs.update().where(jobs.c.id == job_id).values(interaction_token=None)
-        async with self._write.begin() as session:
-            await session.execute(statement)
+        async with self._write.begin() as conn:
+            await conn.execute(statement)
 
     async def forget_interaction_tokens(self, *, now: datetime) -> int:
         """Clear interaction tokens that can no longer be used (expired, or the job is done but
@@ -551,13 +550,13 @@ class JobStore:
             )
             .values(interaction_token=None)
         )
-        async with self._write.begin() as session:
-            result = await session.execute(statement)
+        async with self._write.begin() as conn:
+            result = await conn.execute(statement)
         return int(getattr(result, "rowcount", 0) or 0)
 
     async def get(self, job_id: int) -> Job | None:
-        async with self._read() as session:
-            return await self._select_one(session, job_id)
+        async with self._read() as conn:
+            return await self._select_one(conn, job_id)
 
     async def transition(
         self,
@@ -695,8 +694,8 @@ class JobStore:
         )
         if self._engine.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
-        async with self._write.begin() as session:
-            picked = [_row_to_job(row) for row in (await session.execute(pick)).all()]
+        async with self._write.begin() as conn:
+            picked = [_row_to_job(row) for row in (await conn.execute(pick)).all()]
             if not picked:
                 return []
             claim = (
@@ -704,7 +703,7 @@ class JobStore:
                 .where(self._id_in([job.id for job in picked]))
                 .values(next_poll_at=now + lease, poll_worker=worker, updated_at=now)
             )
-            await session.execute(claim)
+            await conn.execute(claim)
         return [dataclasses.replace(job, poll_worker=worker) for job in picked]
 
     async def claim_due_submits(
@@ -815,8 +814,8 @@ class JobStore:
             .select_from(jobs)
             .where(jobs.c.requester_id == requester_id, jobs.c.state.in_(ACTIVE_STATES))
         )
-        async with self._read() as session:
-            return int((await session.execute(query)).scalar_one())
+        async with self._read() as conn:
+            return int((await conn.execute(query)).scalar_one())
 
     async def recent_for(self, requester_id: int, limit: int = 10) -> list[Job]:
         """A member's latest jobs, newest first (for /jobs). `image_data` reads as None: the
@@ -836,17 +835,17 @@ class JobStore:
     async def next_wakeup(self) -> datetime | None:
         """The earliest scheduled poll, so a loop can sleep until then."""
         query = sa.select(sa.func.min(jobs.c.next_poll_at)).where(jobs.c.state == JobState.POLLING)
-        async with self._read() as session:
+        async with self._read() as conn:
             # min() keeps the column's type, so this is already an aware UTC datetime.
-            value: datetime | None = (await session.execute(query)).scalar_one_or_none()
+            value: datetime | None = (await conn.execute(query)).scalar_one_or_none()
         return value
 
     # --- meta -------------------------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:
-        async with self._read() as session:
+        async with self._read() as conn:
             query = sa.select(meta.c.value).where(meta.c.key == key)
-            value = (await session.execute(query)).scalar_one_or_none()
+            value = (await conn.execute(query)).scalar_one_or_none()
         return None if value is None else str(value)
 
     async def meta_with_prefix(self, prefix: str) -> dict[str, str]:
@@ -855,8 +854,8 @@ class JobStore:
         query = sa.select(meta.c.key, meta.c.value).where(
             meta.c.key.like(escaped + "%", escape="\\")
         )
-        async with self._read() as session:
-            rows = (await session.execute(query)).all()
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
         return {str(key): str(value) for key, value in rows}
 
     async def set_meta(self, key: str, value: str) -> None:
@@ -868,8 +867,8 @@ class JobStore:
         upsert = insert.values(key=key, value=value).on_conflict_do_update(
             index_elements=[meta.c.key], set_={"value": value}
         )
-        async with self._write.begin() as session:
-            await session.execute(upsert)
+        async with self._write.begin() as conn:
+            await conn.execute(upsert)
 
     # --- helpers ----------------------------------------------------------------------------------
 
@@ -877,17 +876,16 @@ class JobStore:
         self, job_id: int, condition: sa.ColumnElement[bool], values: Mapping[str, Any]
     ) -> Job | None:
         statement = jobs.update().where(jobs.c.id == job_id, condition).values(dict(values))
-        async with self._write.begin() as session:
+        async with self._write.begin() as conn:
             if self._returning:
-                result = await session.execute(statement.returning(*_JOB_COLUMNS))
+                result = await conn.execute(statement.returning(*_JOB_COLUMNS))
                 row = result.one_or_none()
                 return None if row is None else _row_to_job(row)
             # Without RETURNING: the write lock (SQLite) or row lock (PostgreSQL) taken by
             # the UPDATE is held until commit, so the re-read sees exactly what we wrote.
-            connection = await session.connection()
-            if (await connection.execute(statement)).rowcount != 1:
+            if (await conn.execute(statement)).rowcount != 1:
                 return None
-            return await self._select_one(session, job_id)
+            return await self._select_one(conn, job_id)
 
     async def _claim_many(
         self,
@@ -908,19 +906,19 @@ class JobStore:
         pick = sa.select(jobs.c.id).where(claimable).order_by(*order).limit(limit)
         if self._engine.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
-        async with self._write.begin() as session:
-            ids = list((await session.execute(pick)).scalars())
+        async with self._write.begin() as conn:
+            ids = list((await conn.execute(pick)).scalars())
             if not ids:
                 return []
             claim = jobs.update().where(self._id_in(ids), claimable).values(dict(values))
             if self._returning:
-                rows = (await session.execute(claim.returning(*_JOB_COLUMNS))).all()
+                rows = (await conn.execute(claim.returning(*_JOB_COLUMNS))).all()
             else:
                 # Only SQLite lacks RETURNING, and its exclusive write transaction means every
                 # picked row was just updated by us: re-read them.
-                await session.execute(claim)
+                await conn.execute(claim)
                 reread = sa.select(*_JOB_COLUMNS).where(jobs.c.id.in_(ids))
-                rows = list((await session.execute(reread)).all())
+                rows = list((await conn.execute(reread)).all())
         claimed = {job.id: job for job in map(_row_to_job, rows)}
         return [claimed[job_id] for job_id in ids if job_id in claimed]  # in the order picked
 
@@ -935,14 +933,14 @@ class JobStore:
             return jobs.c.id == sa.any_(array)
         return jobs.c.id.in_(list(ids))
 
-    async def _select_one(self, session: AsyncSession, job_id: Any) -> Job | None:
+    async def _select_one(self, conn: AsyncConnection, job_id: Any) -> Job | None:
         query = sa.select(*_JOB_COLUMNS).where(jobs.c.id == job_id)
-        row = (await session.execute(query)).one_or_none()
+        row = (await conn.execute(query)).one_or_none()
         return None if row is None else _row_to_job(row)
 
     async def _select_many(self, query: sa.Select[Any]) -> list[Job]:
-        async with self._read() as session:
-            rows = (await session.execute(query)).all()
+        async with self._read() as conn:
+            rows = (await conn.execute(query)).all()
         return [_row_to_job(row) for row in rows]
 
 
