@@ -125,14 +125,20 @@ def peak_rss_mb(pid: int) -> float:
     return math.nan
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process started by `pid` or by one of those (the bot's fit processes)."""
+def parent_pids() -> dict[int, int]:
+    """Every running process -> its parent."""
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
+            with contextlib.suppress(OSError, IndexError, ValueError):  # gone meanwhile
                 stat = (entry / "stat").read_text()
                 parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process started by `pid` or by one of those (the bot's fit processes)."""
+    parents = parent_pids()
     found: list[int] = []
     frontier = {pid}
     while frontier:
@@ -152,16 +158,10 @@ def renice(pid: int, niceness: int) -> None:
 def renice_postgres(data_directory: Path, niceness: int) -> None:
     """The postmaster and the processes it has forked so far; later backends inherit it."""
     postmaster = int((data_directory / "postmaster.pid").read_text().split()[0])
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if int(entry.name) == postmaster or parent == postmaster:
+    for pid, parent in parent_pids().items():
+        if postmaster in (pid, parent):
             with contextlib.suppress(OSError):
-                renice(int(entry.name), niceness)
+                renice(pid, niceness)
 
 
 @dataclass

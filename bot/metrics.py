@@ -293,7 +293,7 @@ async def monitor_event_loop(
     events in between (bench/load.py: 51 ms where no pass took over 50).
     """
     loop = asyncio.get_running_loop()
-    handle: asyncio.TimerHandle | None = None
+    handle: asyncio.TimerHandle
 
     def beat(asked: float) -> None:
         nonlocal handle

@@ -432,7 +432,7 @@ class JobStore:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        # Plain connections, not ORM sessions: every statement here is Core, and a conn
+        # Plain connections, not ORM sessions: every statement here is Core, and a session
         # built a transaction object, weak dictionaries and snapshots per call for nothing
         # (more garbage for the collector's passes under load).
         self._read = engine.connect
